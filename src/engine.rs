@@ -1,0 +1,260 @@
+//! The ONNX Runtime engine: one session over a decoder graph with KV-cache inputs/outputs.
+//!
+//! The engine reads the session's real inputs and outputs instead of trusting the manifest
+//! alone: whether `position_ids` exists, the dtype of `attention_mask`, and whether the cache
+//! is fp32 or fp16. Present tensors of one step are fed back as the next step's past without
+//! copying.
+
+use std::path::Path;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
+
+use crate::config::ModelFolder;
+use crate::error::{Error, Result};
+use crate::kv_cache::StepPlan;
+use crate::model::DecoderModel;
+use crate::runtime::OrtRuntime;
+
+/// Session settings. `Default` uses all cores the machine reports.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Intra-op threads; `None` lets ONNX Runtime decide.
+    pub threads: Option<usize>,
+}
+
+impl EngineConfig {
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum InputRole {
+    InputIds,
+    AttentionMask(TensorElementType),
+    PositionIds,
+    Past(usize),
+}
+
+pub struct OnnxDecoder {
+    session: Session,
+    roles: Vec<InputRole>,
+    /// Output name for each past slot (same order as `past`).
+    present_names: Vec<String>,
+    logits_name: String,
+    /// Past key/value tensors, `[key0, value0, key1, value1, ...]`.
+    past: Vec<DynValue>,
+    kv_dtype: TensorElementType,
+    kv_heads: usize,
+    head_size: usize,
+    vocab_size: usize,
+    context_length: usize,
+    logits: Vec<f32>,
+}
+
+fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
+    match vt {
+        ValueType::Tensor { ty, .. } => Some(*ty),
+        _ => None,
+    }
+}
+
+impl OnnxDecoder {
+    pub fn load(runtime: &OrtRuntime, folder: &ModelFolder, config: &EngineConfig) -> Result<OnnxDecoder> {
+        let path = folder.model_path();
+        let session = build_session(runtime, &path, config).map_err(|e| {
+            Error::load(
+                &path,
+                format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
+            )
+        })?;
+        let d = &folder.genai.model.decoder;
+        let names = &d.inputs;
+        let layer_names = |pattern: &str, i: usize| pattern.replace("%d", &i.to_string());
+
+        let mut past_slots = std::collections::HashMap::new();
+        for i in 0..d.num_hidden_layers {
+            past_slots.insert(layer_names(&names.past_key_names, i), 2 * i);
+            past_slots.insert(layer_names(&names.past_value_names, i), 2 * i + 1);
+        }
+        let mut roles = Vec::new();
+        let mut kv_dtype = None;
+        for input in session.inputs() {
+            let name = input.name();
+            let ty = tensor_type(input.dtype());
+            let role = if name == names.input_ids {
+                InputRole::InputIds
+            } else if Some(name) == names.attention_mask.as_deref() || name == "attention_mask" {
+                InputRole::AttentionMask(ty.unwrap_or(TensorElementType::Int64))
+            } else if Some(name) == names.position_ids.as_deref() || name == "position_ids" {
+                InputRole::PositionIds
+            } else if let Some(&slot) = past_slots.get(name) {
+                kv_dtype = ty;
+                InputRole::Past(slot)
+            } else {
+                return Err(Error::load(
+                    &path,
+                    format!("model input '{name}' is not described by genai_config.json; re-export the folder"),
+                ));
+            };
+            roles.push(role);
+        }
+        let n_past = roles.iter().filter(|r| matches!(r, InputRole::Past(_))).count();
+        if n_past != 2 * d.num_hidden_layers || !roles.contains(&InputRole::InputIds) {
+            return Err(Error::load(
+                &path,
+                format!(
+                    "model has {n_past} past key/value inputs, genai_config.json expects {}; re-export the folder",
+                    2 * d.num_hidden_layers
+                ),
+            ));
+        }
+        let kv_dtype = match kv_dtype {
+            Some(t @ (TensorElementType::Float32 | TensorElementType::Float16)) => t,
+            other => {
+                return Err(Error::load(
+                    &path,
+                    format!("KV cache dtype {other:?} is not supported (fp32 or fp16 only)"),
+                ))
+            }
+        };
+        let outputs = &d.outputs;
+        let mut present_names = Vec::with_capacity(2 * d.num_hidden_layers);
+        for i in 0..d.num_hidden_layers {
+            present_names.push(layer_names(&outputs.present_key_names, i));
+            present_names.push(layer_names(&outputs.present_value_names, i));
+        }
+        let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        for name in present_names.iter().chain(std::iter::once(&outputs.logits)) {
+            if !output_names.contains(&name.as_str()) {
+                return Err(Error::load(
+                    &path,
+                    format!("model has no output '{name}' named in genai_config.json; re-export the folder"),
+                ));
+            }
+        }
+        let vocab_size = folder.genai.model.vocab_size;
+        let mut engine = OnnxDecoder {
+            session,
+            roles,
+            present_names,
+            logits_name: outputs.logits.clone(),
+            past: Vec::new(),
+            kv_dtype,
+            kv_heads: d.num_key_value_heads,
+            head_size: d.head_size,
+            vocab_size,
+            context_length: folder.genai.model.context_length,
+            logits: vec![0.0; vocab_size],
+        };
+        engine.reset_past()?;
+        Ok(engine)
+    }
+
+    fn reset_past(&mut self) -> Result<()> {
+        let allocator = self.session.allocator();
+        self.past = (0..self.present_names.len())
+            .map(|_| {
+                DynTensor::new(allocator, self.kv_dtype, [1usize, self.kv_heads, 0, self.head_size])
+                    .map(|t| t.into_dyn())
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(())
+    }
+
+    fn copy_last_logits(&mut self, value: &DynValue, new_len: usize) -> Result<()> {
+        let vocab = self.vocab_size;
+        let shape_err = |n: usize| {
+            Error::Inference(format!(
+                "logits hold {n} values, expected a multiple of vocab_size {vocab}"
+            ))
+        };
+        match tensor_type(value.dtype()) {
+            Some(TensorElementType::Float32) => {
+                let (_, data) = value.try_extract_tensor::<f32>()?;
+                if data.len() < vocab || data.len() % vocab != 0 {
+                    return Err(shape_err(data.len()));
+                }
+                self.logits.copy_from_slice(&data[data.len() - vocab..]);
+            }
+            Some(TensorElementType::Float16) => {
+                let (_, data) = value.try_extract_tensor::<half::f16>()?;
+                if data.len() < vocab || data.len() % vocab != 0 {
+                    return Err(shape_err(data.len()));
+                }
+                for (dst, src) in self.logits.iter_mut().zip(&data[data.len() - vocab..]) {
+                    *dst = src.to_f32();
+                }
+            }
+            other => return Err(Error::Inference(format!("unsupported logits dtype {other:?}"))),
+        }
+        let _ = new_len;
+        Ok(())
+    }
+}
+
+fn build_session(runtime: &OrtRuntime, path: &Path, config: &EngineConfig) -> ort::Result<Session> {
+    let mut builder = Session::builder(&runtime.env)?.with_optimization_level(GraphOptimizationLevel::All)?;
+    if let Some(n) = config.threads {
+        builder = builder.with_intra_threads(n)?;
+    }
+    builder.commit_from_file(path)
+}
+
+fn int_tensor(dtype: TensorElementType, shape: [usize; 2], values: impl Iterator<Item = i64>) -> Result<DynValue> {
+    Ok(match dtype {
+        TensorElementType::Int32 => Tensor::from_array((shape, values.map(|v| v as i32).collect::<Vec<_>>()))?.into_dyn(),
+        _ => Tensor::from_array((shape, values.collect::<Vec<i64>>()))?.into_dyn(),
+    })
+}
+
+impl DecoderModel for OnnxDecoder {
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
+        let n = tokens.len();
+        let mut inputs: Vec<SessionInputValue<'_>> = Vec::with_capacity(self.roles.len());
+        for role in &self.roles {
+            let value: SessionInputValue<'_> = match *role {
+                InputRole::InputIds => int_tensor(TensorElementType::Int64, [1, n], tokens.iter().map(|&t| t as i64))?.into(),
+                InputRole::AttentionMask(dtype) => int_tensor(dtype, [1, plan.total_len()], std::iter::repeat_n(1, plan.total_len()))?.into(),
+                InputRole::PositionIds => int_tensor(TensorElementType::Int64, [1, n], plan.positions().map(|p| p as i64))?.into(),
+                InputRole::Past(slot) => (&self.past[slot]).into(),
+            };
+            inputs.push(value);
+        }
+        let mut outputs = self.session.run(inputs.as_slice())?;
+        let logits = outputs
+            .remove(&self.logits_name)
+            .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
+        let mut next_past = Vec::with_capacity(self.present_names.len());
+        for name in &self.present_names {
+            next_past.push(
+                outputs
+                    .remove(name)
+                    .ok_or_else(|| Error::Inference(format!("the model produced no '{name}'")))?,
+            );
+        }
+        drop(outputs);
+        drop(inputs);
+        self.past = next_past;
+        self.copy_last_logits(&logits, n)?;
+        Ok(&mut self.logits)
+    }
+
+    fn truncate_cache(&mut self, len: usize) -> Result<()> {
+        if len == 0 {
+            return self.reset_past();
+        }
+        Err(Error::invalid("partial KV-cache truncation is not supported by this engine yet"))
+    }
+}

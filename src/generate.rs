@@ -1,0 +1,333 @@
+//! The generation loop: one prefill pass over the prompt, then one pass per new token over the
+//! KV cache, with sampling, stop conditions and streamed text.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::GenerationConfig;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCursor;
+use crate::model::DecoderModel;
+use crate::sampler::Sampler;
+use crate::stop::{FinishReason, StopStrings};
+use crate::tokenizer::{Decode, DecodeStream};
+
+/// Wall-clock split of one generation, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Prompt forward pass (time to first token, less sampling).
+    pub prefill_ms: f64,
+    /// All per-token passes after the first token.
+    pub decode_ms: f64,
+    pub total_ms: f64,
+}
+
+impl Timings {
+    pub fn prefill_tok_s(&self, prompt_tokens: usize) -> f64 {
+        rate(prompt_tokens, self.prefill_ms)
+    }
+    pub fn decode_tok_s(&self, new_tokens: usize) -> f64 {
+        rate(new_tokens.saturating_sub(1), self.decode_ms)
+    }
+}
+
+fn rate(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        n as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// Drives a [`DecoderModel`]; owns the cache cursor so every pass is planned in one place.
+pub struct Generator<'m, M: DecoderModel> {
+    model: &'m mut M,
+    cursor: KvCursor,
+}
+
+impl<'m, M: DecoderModel> Generator<'m, M> {
+    pub fn new(model: &'m mut M) -> Self {
+        let capacity = model.context_length();
+        Generator {
+            model,
+            cursor: KvCursor::new(capacity),
+        }
+    }
+
+    /// Generates from `prompt`. `on_text` receives each safe text increment and returns `false`
+    /// to cancel.
+    pub fn generate(
+        &mut self,
+        decoder: &impl Decode,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        eos_ids: &[u32],
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        config.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("the prompt encodes to zero tokens"));
+        }
+        // The prompt plus the first generated token must fit; nothing is truncated silently.
+        if prompt.len() >= self.cursor.capacity() {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                context_length: self.cursor.capacity(),
+            });
+        }
+        let start = Instant::now();
+        self.model.truncate_cache(0)?;
+        self.cursor.truncate(0);
+
+        let vocab = self.model.vocab_size();
+        let mut sampler = Sampler::new(config, vocab);
+        let mut stream = DecodeStream::new();
+        let mut stops = StopStrings::new(config.stop.clone());
+        let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + config.max_new_tokens);
+        history.extend_from_slice(prompt);
+        let penalize_from = if config.penalize_prompt { 0 } else { prompt.len() };
+        let mut timings = Timings::default();
+
+        let plan = self.cursor.plan(prompt.len())?;
+        let mut logits = self.model.forward(prompt, plan)?;
+        self.cursor.commit(plan);
+        timings.prefill_ms = ms_since(start);
+        let decode_start = Instant::now();
+
+        let finish_reason = loop {
+            let token = sampler.sample(logits, &history[penalize_from..]);
+            history.push(token);
+            let generated = history.len() - prompt.len();
+            if !config.ignore_eos && eos_ids.contains(&token) {
+                break FinishReason::Eos;
+            }
+            if let Some(piece) = stream.step(decoder, token)? {
+                let (safe, hit_stop) = stops.push(&piece);
+                if !safe.is_empty() && !on_text(&safe) {
+                    break FinishReason::Cancelled;
+                }
+                if hit_stop {
+                    break FinishReason::Stop;
+                }
+            }
+            if generated >= config.max_new_tokens {
+                break FinishReason::Length;
+            }
+            if self.cursor.remaining() == 0 {
+                break FinishReason::ContextFull;
+            }
+            let plan = self.cursor.plan(1)?;
+            logits = self.model.forward(&[token], plan)?;
+            self.cursor.commit(plan);
+        };
+        if finish_reason != FinishReason::Stop {
+            let tail = stops.flush();
+            if !tail.is_empty() {
+                on_text(&tail);
+            }
+        }
+        timings.decode_ms = ms_since(decode_start);
+        timings.total_ms = ms_since(start);
+        let mut tokens = history.split_off(prompt.len());
+        if finish_reason == FinishReason::Eos {
+            tokens.pop();
+        }
+        Ok(Generation {
+            text: stops.text().to_string(),
+            tokens,
+            prompt_tokens: prompt.len(),
+            finish_reason,
+            timings,
+        })
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::StepPlan;
+
+    /// Scripted model: the next token after `t` is `script[t]`. It keeps its own copy of the
+    /// cached sequence and checks every plan against it, so a loop that re-feeds tokens or
+    /// misplaces positions fails here.
+    struct ScriptedModel {
+        script: Vec<u32>,
+        context: usize,
+        cached: Vec<u32>,
+        calls: Vec<(usize, usize)>,
+        logits: Vec<f32>,
+    }
+
+    impl ScriptedModel {
+        fn new(script: Vec<u32>, context: usize) -> Self {
+            let vocab = script.len();
+            ScriptedModel {
+                script,
+                context,
+                cached: Vec::new(),
+                calls: Vec::new(),
+                logits: vec![0.0; vocab],
+            }
+        }
+    }
+
+    impl DecoderModel for ScriptedModel {
+        fn vocab_size(&self) -> usize {
+            self.script.len()
+        }
+        fn context_length(&self) -> usize {
+            self.context
+        }
+        fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
+            assert_eq!(plan.past_len, self.cached.len(), "past length out of sync");
+            assert_eq!(plan.new_len, tokens.len());
+            assert!(plan.total_len() <= self.context);
+            self.cached.extend_from_slice(tokens);
+            self.calls.push((plan.past_len, plan.new_len));
+            self.logits.iter_mut().for_each(|l| *l = 0.0);
+            let next = self.script[*tokens.last().unwrap() as usize];
+            self.logits[next as usize] = 10.0;
+            Ok(&mut self.logits)
+        }
+        fn truncate_cache(&mut self, len: usize) -> Result<()> {
+            self.cached.truncate(len);
+            Ok(())
+        }
+    }
+
+    /// Token t decodes to the letter ('a' + t).
+    struct Letters;
+    impl Decode for Letters {
+        fn decode_ids(&self, ids: &[u32]) -> Result<String> {
+            Ok(ids.iter().map(|&i| (b'a' + i as u8) as char).collect())
+        }
+    }
+
+    fn run(
+        model: &mut ScriptedModel,
+        prompt: &[u32],
+        cfg: &GenerationConfig,
+        eos: &[u32],
+    ) -> (Result<Generation>, String) {
+        let mut streamed = String::new();
+        let r = Generator::new(model).generate(&Letters, prompt, cfg, eos, &mut |t| {
+            streamed.push_str(t);
+            true
+        });
+        (r, streamed)
+    }
+
+    #[test]
+    fn prefill_once_then_one_token_per_step() {
+        // 0 -> 1 -> 2 -> 3 -> 4 -> 5 ...
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 4, 5, 6, 7, 0], 64);
+        let cfg = GenerationConfig::default().with_max_new_tokens(4);
+        let (g, streamed) = run(&mut m, &[0, 0, 0], &cfg, &[]);
+        let g = g.unwrap();
+        assert_eq!(g.tokens, vec![1, 2, 3, 4]);
+        assert_eq!(g.finish_reason, FinishReason::Length);
+        assert_eq!(streamed, "bcde");
+        assert_eq!(g.text, "bcde");
+        // One prefill of 3, then single tokens at past 3, 4, 5; the 4th token needs no pass.
+        assert_eq!(m.calls, vec![(0, 3), (3, 1), (4, 1), (5, 1)]);
+    }
+
+    #[test]
+    fn eos_stops_and_is_not_returned_unless_ignored() {
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 0], 64);
+        let cfg = GenerationConfig::default().with_max_new_tokens(10);
+        let g = run(&mut m, &[0], &cfg, &[3]).0.unwrap();
+        assert_eq!(g.tokens, vec![1, 2]);
+        assert_eq!(g.finish_reason, FinishReason::Eos);
+        let cfg = cfg.with_ignore_eos(true).with_max_new_tokens(5);
+        let g = run(&mut m, &[0], &cfg, &[3]).0.unwrap();
+        assert_eq!(g.tokens, vec![1, 2, 3, 0, 1]);
+    }
+
+    #[test]
+    fn stop_string_ends_generation_and_is_not_streamed() {
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 4, 5, 0], 64);
+        let cfg = GenerationConfig::default()
+            .with_max_new_tokens(10)
+            .with_stop(["de".to_string()]);
+        let (g, streamed) = run(&mut m, &[0], &cfg, &[]);
+        let g = g.unwrap();
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        assert_eq!(g.text, "bc");
+        assert_eq!(streamed, "bc");
+    }
+
+    #[test]
+    fn context_limit_ends_generation_without_overflowing() {
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 4, 5, 6, 7, 0], 6);
+        let cfg = GenerationConfig::default().with_max_new_tokens(100);
+        let g = run(&mut m, &[0, 0, 0], &cfg, &[]).0.unwrap();
+        assert_eq!(g.finish_reason, FinishReason::ContextFull);
+        // 6 cached positions: 3 prompt + 3 fed tokens; the 4th sampled token is never fed.
+        assert_eq!(m.cached.len(), 6);
+        assert_eq!(g.tokens.len(), 4);
+    }
+
+    #[test]
+    fn prompt_that_cannot_fit_is_an_error_not_a_truncation() {
+        let mut m = ScriptedModel::new(vec![0; 4], 4);
+        let (r, _) = run(&mut m, &[0, 1, 2, 3], &GenerationConfig::default(), &[]);
+        match r {
+            Err(Error::ContextOverflow {
+                prompt_tokens: 4,
+                context_length: 4,
+            }) => {}
+            other => panic!("expected overflow, got {other:?}"),
+        }
+        assert!(m.calls.is_empty(), "nothing may run");
+    }
+
+    #[test]
+    fn cache_is_reset_between_generations() {
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 0], 64);
+        let cfg = GenerationConfig::default().with_max_new_tokens(2);
+        let mut gen = Generator::new(&mut m);
+        for _ in 0..2 {
+            gen.generate(&Letters, &[0, 1], &cfg, &[], &mut |_| true)
+                .unwrap();
+        }
+        assert_eq!(m.calls, vec![(0, 2), (2, 1), (0, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn callback_can_cancel() {
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 0], 64);
+        let cfg = GenerationConfig::default().with_max_new_tokens(10);
+        let g = Generator::new(&mut m)
+            .generate(&Letters, &[0], &cfg, &[], &mut |_| false)
+            .unwrap();
+        assert_eq!(g.finish_reason, FinishReason::Cancelled);
+        assert_eq!(g.tokens.len(), 1);
+    }
+
+    #[test]
+    fn invalid_config_is_rejected_before_running() {
+        let mut m = ScriptedModel::new(vec![0; 4], 16);
+        let cfg = GenerationConfig::default().with_top_p(1.5);
+        assert!(matches!(
+            run(&mut m, &[0], &cfg, &[]).0,
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(m.calls.is_empty());
+    }
+}

@@ -1,0 +1,150 @@
+//! aligner: run Aligner correction models on ONNX Runtime.
+//!
+//! Layers, each in its own module: prompt [`template`]s, the [`tokenizer`] and its streaming
+//! detokenizer, the [`sampler`] and logits processors, [`stop`] conditions, the [`kv_cache`]
+//! cursor, the ONNX [`engine`] behind the [`model::DecoderModel`] seam, and the [`generate`]
+//! loop. [`Aligner`] ties them together for the common case.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod runtime;
+pub mod sampler;
+pub mod stop;
+pub mod template;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{GenerationConfig, ModelFolder};
+pub use engine::EngineConfig;
+pub use error::{Error, Result};
+pub use generate::{Generation, Timings};
+pub use stop::FinishReason;
+pub use template::Template;
+
+use engine::OnnxDecoder;
+use generate::Generator;
+use runtime::OrtRuntime;
+use tokenizer::Tokenizer;
+
+/// Where and how to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub ort_lib: Option<PathBuf>,
+    pub template: Option<String>,
+    pub engine: EngineConfig,
+}
+
+impl LoadOptions {
+    pub fn with_ort_lib(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ort_lib = Some(path.into());
+        self
+    }
+    pub fn with_template(mut self, name: impl Into<String>) -> Self {
+        self.template = Some(name.into());
+        self
+    }
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.engine = self.engine.with_threads(threads);
+        self
+    }
+}
+
+/// A loaded model folder, ready to correct answers.
+pub struct Aligner {
+    runtime: OrtRuntime,
+    folder: ModelFolder,
+    tokenizer: Tokenizer,
+    engine: OnnxDecoder,
+    template: Option<Template>,
+    eos_ids: Vec<u32>,
+}
+
+impl Aligner {
+    pub fn load(model_dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Aligner> {
+        let folder = ModelFolder::open(model_dir)?;
+        // Template errors surface at load time only when the user named one explicitly.
+        let template = match folder.template(options.template.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) if options.template.is_some() => return Err(e),
+            Err(_) => None,
+        };
+        let tokenizer = Tokenizer::from_file(&folder.tokenizer_path())?;
+        let runtime = runtime::load(options.ort_lib.as_deref())?;
+        let engine = OnnxDecoder::load(&runtime, &folder, &options.engine)?;
+        let eos_ids = folder.eos_token_ids();
+        Ok(Aligner {
+            runtime,
+            folder,
+            tokenizer,
+            engine,
+            template,
+            eos_ids,
+        })
+    }
+
+    pub fn folder(&self) -> &ModelFolder {
+        &self.folder
+    }
+
+    pub fn runtime(&self) -> &OrtRuntime {
+        &self.runtime
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The template in force, or an error telling the user to pass `--template`.
+    pub fn template(&self) -> Result<Template> {
+        match self.template {
+            Some(t) => Ok(t),
+            None => self.folder.template(None),
+        }
+    }
+
+    /// Generation defaults from the folder's manifest.
+    pub fn generation_defaults(&self) -> GenerationConfig {
+        self.folder.generation_defaults()
+    }
+
+    /// Renders the template, then generates the correction, streaming text to `on_text`.
+    pub fn correct(
+        &mut self,
+        question: &str,
+        answer: &str,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let template = self.template()?;
+        let prompt = template.render(question, answer);
+        let mut config = config.clone();
+        for s in template.stop_strings() {
+            if !config.stop.iter().any(|x| x == s) {
+                config.stop.push(s.to_string());
+            }
+        }
+        let ids = self.tokenizer.encode(&prompt)?;
+        self.generate_ids(&ids, &config, on_text)
+    }
+
+    /// Generates from raw prompt token ids (no template).
+    pub fn generate_ids(
+        &mut self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.folder.genai.model.vocab_size) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.folder.genai.model.vocab_size
+            )));
+        }
+        Generator::new(&mut self.engine).generate(&self.tokenizer, prompt, config, &self.eos_ids, on_text)
+    }
+}

@@ -1,0 +1,22 @@
+//! The seam between the generation loop and ONNX Runtime.
+//!
+//! The loop only needs "append these tokens to the cache and give me the last logits"; the
+//! ONNX engine and the scripted fake model used in tests both implement it.
+
+use crate::error::Result;
+use crate::kv_cache::StepPlan;
+
+pub trait DecoderModel {
+    fn vocab_size(&self) -> usize;
+
+    /// Positions the KV cache can hold.
+    fn context_length(&self) -> usize;
+
+    /// Runs `tokens` at positions `plan.positions()` on top of `plan.past_len` cached positions
+    /// and returns the logits of the last new position (`vocab_size` values, writable so the
+    /// sampler can process them in place).
+    fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]>;
+
+    /// Drops cached positions at and after `len`; `0` starts a new sequence.
+    fn truncate_cache(&mut self, len: usize) -> Result<()>;
+}

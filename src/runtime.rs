@@ -1,0 +1,186 @@
+//! Finding and loading the ONNX Runtime shared library.
+//!
+//! The binary links nothing at build time (`load-dynamic`), so one build runs on whichever
+//! library the user has. Search order: an explicit path (`--ort-lib` / `ORT_DYLIB_PATH`), the
+//! executable's folder, the active Python environment's `onnxruntime` package, then the system
+//! library path. Each candidate is opened and its version checked before ort is initialised,
+//! so a failure can list everything that was tried.
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The oldest ONNX Runtime this build's API level (`api-31`) can drive.
+pub const MIN_ORT_MINOR: u32 = 31;
+const LIB_NAME: &str = "libonnxruntime.so";
+const FIX: &str = "install it with `pip install onnxruntime==1.31.1` in the active virtualenv, or pass --ort-lib PATH / set ORT_DYLIB_PATH";
+
+/// A loaded ONNX Runtime and the environment every session is created in.
+pub struct OrtRuntime {
+    pub path: PathBuf,
+    pub version: String,
+    pub env: ort::environment::Environment,
+}
+
+/// Where to look, in order. `explicit` is `--ort-lib`; the environment is read here.
+pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = explicit {
+        out.push(p.to_path_buf());
+        return out;
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        out.push(PathBuf::from(p));
+        return out;
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        out.extend(libs_in(&dir));
+    }
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(prefix) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            out.extend(python_package_libs(Path::new(&prefix)));
+        }
+    }
+    out.push(PathBuf::from(LIB_NAME));
+    out
+}
+
+fn libs_in(dir: &Path) -> Vec<PathBuf> {
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(LIB_NAME))
+        })
+        .collect();
+    libs.sort();
+    libs.reverse(); // prefer the most specific versioned name
+    libs
+}
+
+fn python_package_libs(prefix: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for lib in ["lib", "lib64"] {
+        let Ok(entries) = std::fs::read_dir(prefix.join(lib)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("python") {
+                let capi = e.path().join("site-packages/onnxruntime/capi");
+                out.extend(libs_in(&capi));
+            }
+        }
+    }
+    out
+}
+
+/// Reads the version string of a candidate without initialising ort.
+fn probe_version(path: &Path) -> std::result::Result<String, String> {
+    // SAFETY: loading ONNX Runtime runs only its static initialisers; we call one exported
+    // function with the documented signature.
+    unsafe {
+        let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib
+            .get(b"OrtGetApiBase")
+            .map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase)".to_string())?;
+        let base = get_base();
+        if base.is_null() {
+            return Err("OrtGetApiBase returned null".into());
+        }
+        let version = CStr::from_ptr(((*base).GetVersionString)())
+            .to_string_lossy()
+            .into_owned();
+        std::mem::forget(lib); // keep it loaded: ort will open the same file again
+        Ok(version)
+    }
+}
+
+fn minor_version(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Loads the first usable candidate and creates the ort environment.
+pub fn load(explicit: Option<&Path>) -> Result<OrtRuntime> {
+    let mut tried = Vec::new();
+    for path in candidate_paths(explicit) {
+        match probe_version(&path) {
+            Ok(version) => {
+                let (major, minor) = minor_version(&version).unwrap_or((0, 0));
+                if major < 1 || (major == 1 && minor < MIN_ORT_MINOR) {
+                    return Err(Error::RuntimeNotFound(format!(
+                        "ONNX Runtime {version} at {} is too old; aligner needs 1.{MIN_ORT_MINOR} or newer: {FIX}",
+                        path.display()
+                    )));
+                }
+                let env = ort::init_from(&path)
+                    .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}; {FIX}", path.display())))?
+                    .with_name("aligner")
+                    .build()
+                    .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}", path.display())))?;
+                return Ok(OrtRuntime { path, version, env });
+            }
+            Err(reason) => tried.push(format!("{} ({reason})", path.display())),
+        }
+    }
+    Err(Error::RuntimeNotFound(format!(
+        "ONNX Runtime library not found; tried: {}; {FIX}",
+        tried.join("; ")
+    )))
+}
+
+/// Execution providers compiled into the loaded library.
+pub fn available_providers() -> Vec<String> {
+    let api = ort::api();
+    let mut names: *mut *mut std::ffi::c_char = std::ptr::null_mut();
+    let mut count: std::ffi::c_int = 0;
+    // SAFETY: documented C API; the array is released with the matching call below.
+    unsafe {
+        let status = (api.GetAvailableProviders)(&mut names, &mut count);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+            return Vec::new();
+        }
+        let out = (0..count as isize)
+            .map(|i| CStr::from_ptr(*names.offset(i)).to_string_lossy().into_owned())
+            .collect();
+        let status = (api.ReleaseAvailableProviders)(names, count);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_path_is_the_only_candidate() {
+        let c = candidate_paths(Some(Path::new("/x/libonnxruntime.so")));
+        assert_eq!(c, vec![PathBuf::from("/x/libonnxruntime.so")]);
+    }
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(minor_version("1.31.1"), Some((1, 31)));
+        assert_eq!(minor_version("garbage"), None);
+    }
+
+    #[test]
+    fn missing_file_is_reported_with_fix() {
+        let e = load(Some(Path::new("/nonexistent/libonnxruntime.so"))).err().unwrap();
+        let msg = e.to_string();
+        assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
+        assert!(msg.contains("pip install onnxruntime==1.31.1"), "{msg}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Stop conditions: token budget, EOS ids, stop strings and the context limit.
+
+use serde::Serialize;
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// An EOS token was produced.
+    Eos,
+    /// A stop string appeared in the text.
+    Stop,
+    /// The KV cache reached the model's context length.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::ContextFull => "context_full",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Finds stop strings in streamed text without ever emitting part of one.
+///
+/// Text is pushed as it is decoded; [`push`](Self::push) returns what is safe to show now. A
+/// tail that could still grow into a stop string is held back until it cannot.
+#[derive(Debug, Default)]
+pub struct StopStrings {
+    stops: Vec<String>,
+    text: String,
+    emitted: usize,
+}
+
+impl StopStrings {
+    pub fn new(stops: Vec<String>) -> Self {
+        StopStrings {
+            stops,
+            text: String::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Appends `piece`; returns the text now safe to emit and whether a stop string was hit
+    /// (in which case the returned text ends right before it).
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        self.text.push_str(piece);
+        let search_from = self.emitted.saturating_sub(self.max_stop_len());
+        let search_from = floor_char_boundary(&self.text, search_from);
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|p| p + search_from))
+            .min()
+        {
+            let out = self.text[self.emitted.min(pos)..pos].to_string();
+            self.emitted = pos;
+            self.text.truncate(pos);
+            return (out, true);
+        }
+        let safe = self.safe_len();
+        let out = self.text[self.emitted..safe].to_string();
+        self.emitted = safe;
+        (out, false)
+    }
+
+    /// Whatever is still held back, once generation has ended without a stop string.
+    pub fn flush(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+
+    /// The full text emitted or pending (excluding any stop string).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn max_stop_len(&self) -> usize {
+        self.stops.iter().map(String::len).max().unwrap_or(0)
+    }
+
+    /// Length of text that cannot be the start of a stop string.
+    fn safe_len(&self) -> usize {
+        let mut safe = self.text.len();
+        for stop in &self.stops {
+            for k in (1..stop.len()).rev() {
+                if self.text.len() >= k && self.text.is_char_boundary(self.text.len() - k) && self.text.ends_with(&stop[..k]) && stop.is_char_boundary(k) {
+                    safe = safe.min(self.text.len() - k);
+                    break;
+                }
+            }
+        }
+        safe.max(self.emitted)
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_string_split_across_pieces_is_never_emitted() {
+        let mut s = StopStrings::new(vec!["<|im_end|>".into()]);
+        let mut out = String::new();
+        let mut stopped = false;
+        for piece in ["Hello", " world", "<|im", "_en", "d|>", "junk"] {
+            let (text, hit) = s.push(piece);
+            out.push_str(&text);
+            if hit {
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped);
+        assert_eq!(out, "Hello world");
+        assert_eq!(s.text(), "Hello world");
+    }
+
+    #[test]
+    fn held_back_prefix_is_released_when_it_diverges() {
+        let mut s = StopStrings::new(vec!["STOP".into()]);
+        assert_eq!(s.push("abST"), ("ab".to_string(), false));
+        assert_eq!(s.push("x"), ("STx".to_string(), false));
+        assert_eq!(s.flush(), "");
+    }
+
+    #[test]
+    fn flush_returns_pending_tail_at_end() {
+        let mut s = StopStrings::new(vec!["STOP".into()]);
+        assert_eq!(s.push("abS"), ("ab".to_string(), false));
+        assert_eq!(s.flush(), "S");
+    }
+
+    #[test]
+    fn without_stops_everything_passes() {
+        let mut s = StopStrings::new(vec![]);
+        assert_eq!(s.push("é"), ("é".to_string(), false));
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        let mut s = StopStrings::new(vec!["B".into(), "A".into()]);
+        assert_eq!(s.push("xxAyyB"), ("xx".to_string(), true));
+    }
+}
