@@ -26,8 +26,9 @@ pub struct GenerationConfig {
     pub penalize_prompt: bool,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
-    /// Keep generating through EOS (benchmarks and parity tests need fixed lengths).
-    pub ignore_eos: bool,
+    /// Mask EOS tokens out of the logits, as onnxruntime-genai's `min_length` does, so a run
+    /// always reaches `max_new_tokens` (benchmarks and parity tests need fixed lengths).
+    pub suppress_eos: bool,
 }
 
 impl Default for GenerationConfig {
@@ -42,7 +43,7 @@ impl Default for GenerationConfig {
             penalize_prompt: false,
             seed: None,
             stop: Vec::new(),
-            ignore_eos: false,
+            suppress_eos: false,
         }
     }
 }
@@ -84,8 +85,8 @@ impl GenerationConfig {
         self.stop.extend(stop);
         self
     }
-    pub fn with_ignore_eos(mut self, on: bool) -> Self {
-        self.ignore_eos = on;
+    pub fn with_suppress_eos(mut self, on: bool) -> Self {
+        self.suppress_eos = on;
         self
     }
 

@@ -106,10 +106,17 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         let decode_start = Instant::now();
 
         let finish_reason = loop {
+            if config.suppress_eos {
+                for &eos in eos_ids {
+                    if let Some(l) = logits.get_mut(eos as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             let token = sampler.sample(logits, &history[penalize_from..]);
             history.push(token);
             let generated = history.len() - prompt.len();
-            if !config.ignore_eos && eos_ids.contains(&token) {
+            if eos_ids.contains(&token) {
                 break FinishReason::Eos;
             }
             if let Some(piece) = stream.step(decoder, token)? {
@@ -248,15 +255,18 @@ mod tests {
     }
 
     #[test]
-    fn eos_stops_and_is_not_returned_unless_ignored() {
+    fn eos_stops_and_is_not_returned_unless_suppressed() {
         let mut m = ScriptedModel::new(vec![1, 2, 3, 0], 64);
         let cfg = GenerationConfig::default().with_max_new_tokens(10);
         let g = run(&mut m, &[0], &cfg, &[3]).0.unwrap();
         assert_eq!(g.tokens, vec![1, 2]);
         assert_eq!(g.finish_reason, FinishReason::Eos);
-        let cfg = cfg.with_ignore_eos(true).with_max_new_tokens(5);
+        // Suppressed, the scripted EOS (logit 10, all others 0) loses to token 0, the first of
+        // the remaining ties, and generation runs to the length limit.
+        let cfg = cfg.with_suppress_eos(true).with_max_new_tokens(5);
         let g = run(&mut m, &[0], &cfg, &[3]).0.unwrap();
-        assert_eq!(g.tokens, vec![1, 2, 3, 0, 1]);
+        assert_eq!(g.tokens, vec![1, 2, 0, 1, 2]);
+        assert_eq!(g.finish_reason, FinishReason::Length);
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! Argument parsing (clap) and the subcommands.
+
+mod bench;
+mod commands;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use aligner::{GenerationConfig, LoadOptions};
+
+/// The model folder `make model` writes; used when `--model` is not given.
+pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct-int8";
+
+#[derive(Parser)]
+#[command(name = "aligner", version, about = "Correct answers with Aligner models on ONNX Runtime")]
+#[command(allow_negative_numbers = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Correct an answer to a question.
+    Correct(commands::CorrectArgs),
+    /// Generate from a raw prompt (text or token ids), without a correction template.
+    Generate(commands::GenerateArgs),
+    /// Show the model manifest, the ONNX Runtime in use and its execution providers.
+    Info(commands::InfoArgs),
+    /// Measure prefill and decode speed.
+    Bench(bench::BenchArgs),
+}
+
+/// Flags shared by every command that loads a model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model folder (genai_config.json, model.onnx, tokenizer.json, aligner.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// ONNX Runtime library to load (else ORT_DYLIB_PATH, the executable's folder, the active
+    /// Python environment, the system path).
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Intra-op threads (default: ONNX Runtime's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Prompt template: aligner-v1, aligner-v2, aligner-2b or chatml-correction.
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn model_dir(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.model {
+            return Ok(dir.clone());
+        }
+        if let Some(dir) = std::env::var_os("ALIGNER_MODEL").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(dir));
+        }
+        let mut roots = vec![std::env::current_dir()?];
+        if let Ok(exe) = std::env::current_exe() {
+            roots.extend(exe.ancestors().skip(1).map(PathBuf::from));
+        }
+        roots
+            .iter()
+            .map(|r| r.join("models").join(DEFAULT_MODEL_NAME))
+            .find(|p| p.is_dir())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no --model given and the default model folder models/{DEFAULT_MODEL_NAME} was not found; run `make model` or pass --model DIR"
+                )
+            })
+    }
+
+    pub fn load_options(&self) -> LoadOptions {
+        let mut o = LoadOptions::default();
+        if let Some(p) = &self.ort_lib {
+            o = o.with_ort_lib(p);
+        }
+        if let Some(t) = &self.template {
+            o = o.with_template(t);
+        }
+        if let Some(n) = self.threads {
+            o = o.with_threads(n);
+        }
+        o
+    }
+}
+
+/// Generation flags; unset ones keep the model folder's defaults.
+#[derive(Args, Clone, Default)]
+pub struct GenArgs {
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// 0 = off.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// 1 = off; counts generated tokens only unless --penalize-prompt.
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Count prompt tokens in the repetition penalty too.
+    #[arg(long)]
+    pub penalize_prompt: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when this text appears (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Never produce EOS tokens (their logits are masked), so runs have fixed lengths.
+    #[arg(long, alias = "ignore-eos")]
+    pub suppress_eos: bool,
+}
+
+impl GenArgs {
+    pub fn apply(&self, mut c: GenerationConfig) -> GenerationConfig {
+        if let Some(v) = self.max_new_tokens {
+            c = c.with_max_new_tokens(v);
+        }
+        if let Some(v) = self.temperature {
+            c = c.with_temperature(v);
+        }
+        if let Some(v) = self.top_k {
+            c = c.with_top_k(v);
+        }
+        if let Some(v) = self.top_p {
+            c = c.with_top_p(v);
+        }
+        if let Some(v) = self.min_p {
+            c = c.with_min_p(v);
+        }
+        if let Some(v) = self.repetition_penalty {
+            c = c.with_repetition_penalty(v);
+        }
+        if let Some(v) = self.seed {
+            c = c.with_seed(v);
+        }
+        let penalize_prompt = self.penalize_prompt || c.penalize_prompt;
+        let suppress_eos = self.suppress_eos || c.suppress_eos;
+        c.with_penalize_prompt(penalize_prompt)
+            .with_suppress_eos(suppress_eos)
+            .with_stop(self.stop.iter().cloned())
+    }
+}
+
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Correct(a) => commands::correct(a),
+        Command::Generate(a) => commands::generate(a),
+        Command::Info(a) => commands::info(a),
+        Command::Bench(a) => bench::bench(a),
+    }
+}
+
+/// 2 for problems with the user's input, 1 for everything else.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<aligner::Error>() {
+        Some(aligner::Error::InvalidRequest(_)) | Some(aligner::Error::ContextOverflow { .. }) => 2,
+        _ => 1,
+    }
+}
