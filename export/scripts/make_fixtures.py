@@ -148,6 +148,7 @@ def make_tiny() -> None:
             seq = list(ids)
             for _ in range(64):
                 logits = model(torch.tensor([seq])).logits[0, -1]
+                logits[cfg.eos_token_id] = float("-inf")
                 seq.append(int(torch.argmax(logits)))
             arrays[f"greedy_{n}"] = np.array(seq[len(ids):], dtype=np.int64)
     np.savez_compressed(out / "reference.npz", **arrays)

