@@ -127,6 +127,16 @@ impl GenerationConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct GenaiConfig {
     pub model: GenaiModel,
+    #[serde(default)]
+    pub search: GenaiSearch,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenaiSearch {
+    /// The graph accepts one buffer as both past and present KV (GroupQueryAttention's
+    /// shared-buffer mode), so the cache is never copied between steps.
+    #[serde(default)]
+    pub past_present_share_buffer: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,7 +233,10 @@ impl ModelFolder {
             )
         })?;
         let genai: GenaiConfig = serde_json::from_str(&text).map_err(|e| {
-            Error::load(&dir, format!("genai_config.json is invalid ({e}); re-export the folder"))
+            Error::load(
+                &dir,
+                format!("genai_config.json is invalid ({e}); re-export the folder"),
+            )
         })?;
         let d = &genai.model.decoder;
         if d.num_hidden_layers == 0 || d.head_size == 0 || d.num_key_value_heads == 0 {
@@ -240,7 +253,10 @@ impl ModelFolder {
         }
         let manifest = match std::fs::read_to_string(dir.join("aligner.json")) {
             Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                Error::load(&dir, format!("aligner.json is invalid ({e}); re-export the folder"))
+                Error::load(
+                    &dir,
+                    format!("aligner.json is invalid ({e}); re-export the folder"),
+                )
             })?),
             Err(_) => None,
         };
@@ -252,7 +268,11 @@ impl ModelFolder {
                 ));
             }
         }
-        Ok(ModelFolder { dir, genai, manifest })
+        Ok(ModelFolder {
+            dir,
+            genai,
+            manifest,
+        })
     }
 
     pub fn model_path(&self) -> PathBuf {
@@ -303,19 +323,28 @@ mod tests {
     #[test]
     fn defaults_validate_and_bad_values_name_the_field() {
         assert!(GenerationConfig::default().validate().is_ok());
-        let e = GenerationConfig::default().with_top_p(1.5).validate().unwrap_err();
+        let e = GenerationConfig::default()
+            .with_top_p(1.5)
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("top_p 1.5"));
         let e = GenerationConfig::default()
             .with_temperature(-1.0)
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("temperature -1"));
-        assert!(GenerationConfig::default().with_min_p(2.0).validate().is_err());
+        assert!(GenerationConfig::default()
+            .with_min_p(2.0)
+            .validate()
+            .is_err());
         assert!(GenerationConfig::default()
             .with_repetition_penalty(0.0)
             .validate()
             .is_err());
-        assert!(GenerationConfig::default().with_max_new_tokens(0).validate().is_err());
+        assert!(GenerationConfig::default()
+            .with_max_new_tokens(0)
+            .validate()
+            .is_err());
         assert!(GenerationConfig::default()
             .with_stop(["".to_string()])
             .validate()

@@ -2,13 +2,19 @@
 //!
 //! The engine reads the session's real inputs and outputs instead of trusting the manifest
 //! alone: whether `position_ids` exists, the dtype of `attention_mask`, and whether the cache
-//! is fp32 or fp16. Present tensors of one step are fed back as the next step's past without
-//! copying.
+//! is fp32 or fp16.
+//!
+//! Two cache strategies, chosen by `past_present_share_buffer` in genai_config.json:
+//! - shared: one preallocated `[1, kv_heads, capacity, head]` buffer per layer is bound (with
+//!   IoBinding) as both past input and present output, so GroupQueryAttention writes new
+//!   positions in place and nothing is copied or reallocated per token;
+//! - chained: each step's present tensors become the next step's past (any attention op).
 
 use std::path::Path;
 
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
 use crate::config::ModelFolder;
@@ -31,6 +37,17 @@ impl EngineConfig {
     }
 }
 
+/// Past key/value tensors, `[key0, value0, key1, value1, ...]`, in one of two strategies.
+enum KvStorage {
+    Chained(Vec<DynValue>),
+    Shared {
+        /// Owned here; the binding refers to them as past inputs and present outputs.
+        _buffers: Vec<DynTensor>,
+        capacity: usize,
+        binding: Option<Box<IoBinding>>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum InputRole {
     InputIds,
@@ -45,8 +62,7 @@ pub struct OnnxDecoder {
     /// Output name for each past slot (same order as `past`).
     present_names: Vec<String>,
     logits_name: String,
-    /// Past key/value tensors, `[key0, value0, key1, value1, ...]`.
-    past: Vec<DynValue>,
+    kv: KvStorage,
     kv_dtype: TensorElementType,
     kv_heads: usize,
     head_size: usize,
@@ -63,7 +79,11 @@ fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
 }
 
 impl OnnxDecoder {
-    pub fn load(runtime: &OrtRuntime, folder: &ModelFolder, config: &EngineConfig) -> Result<OnnxDecoder> {
+    pub fn load(
+        runtime: &OrtRuntime,
+        folder: &ModelFolder,
+        config: &EngineConfig,
+    ) -> Result<OnnxDecoder> {
         let path = folder.model_path();
         let session = build_session(runtime, &path, config).map_err(|e| {
             Error::load(
@@ -102,7 +122,10 @@ impl OnnxDecoder {
             };
             roles.push(role);
         }
-        let n_past = roles.iter().filter(|r| matches!(r, InputRole::Past(_))).count();
+        let n_past = roles
+            .iter()
+            .filter(|r| matches!(r, InputRole::Past(_)))
+            .count();
         if n_past != 2 * d.num_hidden_layers || !roles.contains(&InputRole::InputIds) {
             return Err(Error::load(
                 &path,
@@ -137,12 +160,21 @@ impl OnnxDecoder {
             }
         }
         let vocab_size = folder.genai.model.vocab_size;
+        let kv = if folder.genai.search.past_present_share_buffer {
+            KvStorage::Shared {
+                _buffers: Vec::new(),
+                capacity: 0,
+                binding: None,
+            }
+        } else {
+            KvStorage::Chained(Vec::new())
+        };
         let mut engine = OnnxDecoder {
             session,
             roles,
             present_names,
             logits_name: outputs.logits.clone(),
-            past: Vec::new(),
+            kv,
             kv_dtype,
             kv_heads: d.num_key_value_heads,
             head_size: d.head_size,
@@ -154,18 +186,163 @@ impl OnnxDecoder {
         Ok(engine)
     }
 
-    fn reset_past(&mut self) -> Result<()> {
+    fn kv_tensors(&self, len: usize) -> Result<Vec<DynTensor>> {
         let allocator = self.session.allocator();
-        self.past = (0..self.present_names.len())
+        (0..self.present_names.len())
             .map(|_| {
-                DynTensor::new(allocator, self.kv_dtype, [1usize, self.kv_heads, 0, self.head_size])
-                    .map(|t| t.into_dyn())
+                DynTensor::new(
+                    allocator,
+                    self.kv_dtype,
+                    [1usize, self.kv_heads, len, self.head_size],
+                )
+                .map_err(Error::from)
             })
-            .collect::<std::result::Result<_, _>>()?;
+            .collect()
+    }
+
+    fn reset_past(&mut self) -> Result<()> {
+        if matches!(self.kv, KvStorage::Chained(_)) {
+            let empty = self.kv_tensors(0)?;
+            self.kv = KvStorage::Chained(empty.into_iter().map(|t| t.into_dyn()).collect());
+        }
         Ok(())
     }
 
-    fn copy_last_logits(&mut self, value: &DynValue, new_len: usize) -> Result<()> {
+    /// Shared mode: (re)allocates the buffers when a sequence may outgrow them and binds each
+    /// as both the past input and the present output of its layer.
+    fn ensure_shared_capacity(&mut self, needed: usize) -> Result<()> {
+        let KvStorage::Shared { capacity, .. } = &self.kv else {
+            return Ok(());
+        };
+        if *capacity >= needed {
+            return Ok(());
+        }
+        let new_capacity = needed
+            .max(*capacity * 2)
+            .min(self.context_length)
+            .max(needed);
+        let mut buffers = self.kv_tensors(new_capacity)?;
+        let mut binding = self.session.create_binding()?;
+        for (slot, buffer) in buffers.iter_mut().enumerate() {
+            binding.bind_input(self.past_input_name(slot), &*buffer)?;
+            binding.bind_output(self.present_names[slot].as_str(), &mut *buffer)?;
+        }
+        self.kv = KvStorage::Shared {
+            _buffers: buffers,
+            capacity: new_capacity,
+            binding: Some(Box::new(binding)),
+        };
+        Ok(())
+    }
+
+    fn past_input_name(&self, slot: usize) -> String {
+        let index = self
+            .roles
+            .iter()
+            .position(|r| *r == InputRole::Past(slot))
+            .unwrap_or(0);
+        self.session.inputs()[index].name().to_string()
+    }
+
+    /// The per-step inputs (ids, mask, positions) with their session input index.
+    fn step_inputs(&self, tokens: &[u32], plan: StepPlan) -> Result<Vec<(usize, DynValue)>> {
+        let n = tokens.len();
+        let allocator = self.session.allocator();
+        let mut out = Vec::with_capacity(3);
+        for (index, role) in self.roles.iter().enumerate() {
+            let value = match *role {
+                InputRole::InputIds => int_tensor(
+                    allocator,
+                    TensorElementType::Int64,
+                    [1, n],
+                    tokens.iter().map(|&t| t as i64),
+                )?,
+                InputRole::AttentionMask(dtype) => int_tensor(
+                    allocator,
+                    dtype,
+                    [1, plan.total_len()],
+                    std::iter::repeat_n(1, plan.total_len()),
+                )?,
+                InputRole::PositionIds => int_tensor(
+                    allocator,
+                    TensorElementType::Int64,
+                    [1, n],
+                    plan.positions().map(|p| p as i64),
+                )?,
+                InputRole::Past(_) => continue,
+            };
+            out.push((index, value));
+        }
+        Ok(out)
+    }
+
+    fn forward_shared(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
+        self.ensure_shared_capacity(plan.total_len())?;
+        let step = self.step_inputs(tokens, plan)?;
+        let names: Vec<String> = step
+            .iter()
+            .map(|(i, _)| self.session.inputs()[*i].name().to_string())
+            .collect();
+        let KvStorage::Shared {
+            binding: Some(Box::new(binding)),
+            ..
+        } = &mut self.kv
+        else {
+            return Err(Error::Inference("shared KV cache is not bound".into()));
+        };
+        for (name, (_, value)) in names.into_iter().zip(&step) {
+            binding.bind_input(name, value)?;
+        }
+        // Logits change shape between prefill and decode: let ONNX Runtime allocate them each
+        // run (a binding would otherwise reuse the previous run's tensor as a fixed output).
+        let cpu = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        )?;
+        binding.bind_output_to_device(self.logits_name.as_str(), &cpu)?;
+        let mut outputs = self.session.run_binding(binding)?;
+        let logits = outputs
+            .remove(&self.logits_name)
+            .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
+        drop(outputs);
+        self.copy_last_logits(&logits)
+    }
+
+    fn forward_chained(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
+        let mut step = self.step_inputs(tokens, plan)?.into_iter();
+        let KvStorage::Chained(past) = &self.kv else {
+            return Err(Error::Inference("chained KV cache expected".into()));
+        };
+        let mut inputs: Vec<SessionInputValue<'_>> = Vec::with_capacity(self.roles.len());
+        for (index, role) in self.roles.iter().enumerate() {
+            match *role {
+                InputRole::Past(slot) => inputs.push((&past[slot]).into()),
+                _ => match step.next() {
+                    Some((i, value)) if i == index => inputs.push(value.into()),
+                    _ => return Err(Error::Inference("input order mismatch".into())),
+                },
+            }
+        }
+        let mut outputs = self.session.run(inputs.as_slice())?;
+        let logits = outputs
+            .remove(&self.logits_name)
+            .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
+        let mut next_past = Vec::with_capacity(self.present_names.len());
+        for name in &self.present_names {
+            next_past.push(
+                outputs
+                    .remove(name)
+                    .ok_or_else(|| Error::Inference(format!("the model produced no '{name}'")))?,
+            );
+        }
+        drop(outputs);
+        drop(inputs);
+        self.kv = KvStorage::Chained(next_past);
+        self.copy_last_logits(&logits)
+    }
+    fn copy_last_logits(&mut self, value: &DynValue) -> Result<()> {
         let vocab = self.vocab_size;
         let shape_err = |n: usize| {
             Error::Inference(format!(
@@ -189,25 +366,46 @@ impl OnnxDecoder {
                     *dst = src.to_f32();
                 }
             }
-            other => return Err(Error::Inference(format!("unsupported logits dtype {other:?}"))),
+            other => {
+                return Err(Error::Inference(format!(
+                    "unsupported logits dtype {other:?}"
+                )))
+            }
         }
-        let _ = new_len;
         Ok(())
     }
 }
 
 fn build_session(runtime: &OrtRuntime, path: &Path, config: &EngineConfig) -> ort::Result<Session> {
-    let mut builder = Session::builder(&runtime.env)?.with_optimization_level(GraphOptimizationLevel::All)?;
+    let mut builder =
+        Session::builder(&runtime.env)?.with_optimization_level(GraphOptimizationLevel::All)?;
     if let Some(n) = config.threads {
         builder = builder.with_intra_threads(n)?;
     }
     builder.commit_from_file(path)
 }
 
-fn int_tensor(dtype: TensorElementType, shape: [usize; 2], values: impl Iterator<Item = i64>) -> Result<DynValue> {
+/// A small integer input allocated by ONNX Runtime's allocator: IoBinding can then hold it
+/// without the defensive copy it makes of tensors that borrow Rust memory.
+fn int_tensor(
+    allocator: &ort::memory::Allocator,
+    dtype: TensorElementType,
+    shape: [usize; 2],
+    values: impl Iterator<Item = i64>,
+) -> Result<DynValue> {
     Ok(match dtype {
-        TensorElementType::Int32 => Tensor::from_array((shape, values.map(|v| v as i32).collect::<Vec<_>>()))?.into_dyn(),
-        _ => Tensor::from_array((shape, values.collect::<Vec<i64>>()))?.into_dyn(),
+        TensorElementType::Int32 => {
+            let mut t = Tensor::<i32>::new(allocator, shape)?;
+            let (_, data) = t.extract_tensor_mut();
+            data.iter_mut().zip(values).for_each(|(d, v)| *d = v as i32);
+            t.into_dyn()
+        }
+        _ => {
+            let mut t = Tensor::<i64>::new(allocator, shape)?;
+            let (_, data) = t.extract_tensor_mut();
+            data.iter_mut().zip(values).for_each(|(d, v)| *d = v);
+            t.into_dyn()
+        }
     })
 }
 
@@ -221,40 +419,23 @@ impl DecoderModel for OnnxDecoder {
     }
 
     fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
-        let n = tokens.len();
-        let mut inputs: Vec<SessionInputValue<'_>> = Vec::with_capacity(self.roles.len());
-        for role in &self.roles {
-            let value: SessionInputValue<'_> = match *role {
-                InputRole::InputIds => int_tensor(TensorElementType::Int64, [1, n], tokens.iter().map(|&t| t as i64))?.into(),
-                InputRole::AttentionMask(dtype) => int_tensor(dtype, [1, plan.total_len()], std::iter::repeat_n(1, plan.total_len()))?.into(),
-                InputRole::PositionIds => int_tensor(TensorElementType::Int64, [1, n], plan.positions().map(|p| p as i64))?.into(),
-                InputRole::Past(slot) => (&self.past[slot]).into(),
-            };
-            inputs.push(value);
+        match self.kv {
+            KvStorage::Shared { .. } => self.forward_shared(tokens, plan)?,
+            KvStorage::Chained(_) => self.forward_chained(tokens, plan)?,
         }
-        let mut outputs = self.session.run(inputs.as_slice())?;
-        let logits = outputs
-            .remove(&self.logits_name)
-            .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
-        let mut next_past = Vec::with_capacity(self.present_names.len());
-        for name in &self.present_names {
-            next_past.push(
-                outputs
-                    .remove(name)
-                    .ok_or_else(|| Error::Inference(format!("the model produced no '{name}'")))?,
-            );
-        }
-        drop(outputs);
-        drop(inputs);
-        self.past = next_past;
-        self.copy_last_logits(&logits, n)?;
         Ok(&mut self.logits)
+    }
+
+    fn reserve(&mut self, max_total_len: usize) -> Result<()> {
+        self.ensure_shared_capacity(max_total_len)
     }
 
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
         if len == 0 {
             return self.reset_past();
         }
-        Err(Error::invalid("partial KV-cache truncation is not supported by this engine yet"))
+        Err(Error::invalid(
+            "partial KV-cache truncation is not supported by this engine yet",
+        ))
     }
 }

@@ -89,6 +89,8 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         let start = Instant::now();
         self.model.truncate_cache(0)?;
         self.cursor.truncate(0);
+        let max_total = (prompt.len() + config.max_new_tokens).min(self.cursor.capacity());
+        self.model.reserve(max_total)?;
 
         let vocab = self.model.vocab_size();
         let mut sampler = Sampler::new(config, vocab);
@@ -96,7 +98,11 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         let mut stops = StopStrings::new(config.stop.clone());
         let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + config.max_new_tokens);
         history.extend_from_slice(prompt);
-        let penalize_from = if config.penalize_prompt { 0 } else { prompt.len() };
+        let penalize_from = if config.penalize_prompt {
+            0
+        } else {
+            prompt.len()
+        };
         let mut timings = Timings::default();
 
         let plan = self.cursor.plan(prompt.len())?;

@@ -139,12 +139,21 @@ impl Aligner {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.folder.genai.model.vocab_size) {
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.folder.genai.model.vocab_size)
+        {
             return Err(Error::invalid(format!(
                 "token id {bad} is outside the vocabulary (size {})",
                 self.folder.genai.model.vocab_size
             )));
         }
-        Generator::new(&mut self.engine).generate(&self.tokenizer, prompt, config, &self.eos_ids, on_text)
+        Generator::new(&mut self.engine).generate(
+            &self.tokenizer,
+            prompt,
+            config,
+            &self.eos_ids,
+            on_text,
+        )
     }
 }

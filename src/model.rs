@@ -17,6 +17,12 @@ pub trait DecoderModel {
     /// sampler can process them in place).
     fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]>;
 
+    /// Called before a sequence starts with the most positions it can reach, so an engine
+    /// can size its cache once instead of growing it per token.
+    fn reserve(&mut self, _max_total_len: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Drops cached positions at and after `len`; `0` starts a new sequence.
     fn truncate_cache(&mut self, len: usize) -> Result<()>;
 }

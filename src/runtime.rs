@@ -34,7 +34,10 @@ pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
         out.push(PathBuf::from(p));
         return out;
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         out.extend(libs_in(&dir));
     }
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
@@ -86,9 +89,9 @@ fn probe_version(path: &Path) -> std::result::Result<String, String> {
     // function with the documented signature.
     unsafe {
         let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
-        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib
-            .get(b"OrtGetApiBase")
-            .map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase)".to_string())?;
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase")
+                .map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase)".to_string())?;
         let base = get_base();
         if base.is_null() {
             return Err("OrtGetApiBase returned null".into());
@@ -150,7 +153,11 @@ pub fn available_providers() -> Vec<String> {
             return Vec::new();
         }
         let out = (0..count as isize)
-            .map(|i| CStr::from_ptr(*names.offset(i)).to_string_lossy().into_owned())
+            .map(|i| {
+                CStr::from_ptr(*names.offset(i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         let status = (api.ReleaseAvailableProviders)(names, count);
         if !status.0.is_null() {
@@ -178,7 +185,9 @@ mod tests {
 
     #[test]
     fn missing_file_is_reported_with_fix() {
-        let e = load(Some(Path::new("/nonexistent/libonnxruntime.so"))).err().unwrap();
+        let e = load(Some(Path::new("/nonexistent/libonnxruntime.so")))
+            .err()
+            .unwrap();
         let msg = e.to_string();
         assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
         assert!(msg.contains("pip install onnxruntime==1.31.1"), "{msg}");

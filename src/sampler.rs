@@ -12,7 +12,12 @@ use crate::config::GenerationConfig;
 /// Divides positive logits and multiplies negative ones by `penalty` for every distinct token in
 /// `history` (CTRL / Hugging Face semantics). `seen` is a caller-owned scratch of `logits.len()`
 /// flags, all false on entry and on return.
-pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32, seen: &mut [bool]) {
+pub fn apply_repetition_penalty(
+    logits: &mut [f32],
+    history: &[u32],
+    penalty: f32,
+    seen: &mut [bool],
+) {
     if penalty == 1.0 {
         return;
     }
@@ -244,10 +249,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens_different_seed_differs() {
-        let cfg = GenerationConfig::default().with_temperature(1.0).with_seed(7);
+        let cfg = GenerationConfig::default()
+            .with_temperature(1.0)
+            .with_seed(7);
         let draw = |cfg: &GenerationConfig| {
             let mut s = Sampler::new(cfg, 100);
-            (0..32).map(|_| s.sample(&mut noisy_logits(), &[])).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| s.sample(&mut noisy_logits(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(&cfg), draw(&cfg));
         assert_ne!(draw(&cfg), draw(&cfg.clone().with_seed(8)));
@@ -256,18 +265,20 @@ mod tests {
     #[test]
     fn greedy_ignores_rng_and_penalty_can_change_choice() {
         let mut s = Sampler::new(&GenerationConfig::default(), 3);
-        assert_eq!(s.sample(&mut vec![1.0, 3.0, 2.9], &[]), 1);
+        assert_eq!(s.sample(&mut [1.0, 3.0, 2.9], &[]), 1);
         let cfg = GenerationConfig::default().with_repetition_penalty(2.0);
         let mut s = Sampler::new(&cfg, 3);
-        assert_eq!(s.sample(&mut vec![1.0, 3.0, 2.9], &[1]), 2);
+        assert_eq!(s.sample(&mut [1.0, 3.0, 2.9], &[1]), 2);
     }
 
     #[test]
     fn top_k_one_with_temperature_is_greedy() {
-        let cfg = GenerationConfig::default().with_temperature(1.5).with_top_k(1);
+        let cfg = GenerationConfig::default()
+            .with_temperature(1.5)
+            .with_top_k(1);
         let mut s = Sampler::new(&cfg, 4);
         for _ in 0..10 {
-            assert_eq!(s.sample(&mut vec![0.0, 0.1, 5.0, 0.2], &[]), 2);
+            assert_eq!(s.sample(&mut [0.0, 0.1, 5.0, 0.2], &[]), 2);
         }
     }
 }

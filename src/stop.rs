@@ -59,7 +59,11 @@ impl StopStrings {
         if let Some(pos) = self
             .stops
             .iter()
-            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|p| p + search_from))
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|p| p + search_from)
+            })
             .min()
         {
             let out = self.text[self.emitted.min(pos)..pos].to_string();
@@ -94,7 +98,11 @@ impl StopStrings {
         let mut safe = self.text.len();
         for stop in &self.stops {
             for k in (1..stop.len()).rev() {
-                if self.text.len() >= k && self.text.is_char_boundary(self.text.len() - k) && self.text.ends_with(&stop[..k]) && stop.is_char_boundary(k) {
+                if self.text.len() >= k
+                    && self.text.is_char_boundary(self.text.len() - k)
+                    && self.text.ends_with(&stop[..k])
+                    && stop.is_char_boundary(k)
+                {
                     safe = safe.min(self.text.len() - k);
                     break;
                 }

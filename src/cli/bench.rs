@@ -49,9 +49,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -107,7 +109,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let rss = peak_rss_mb();
     put("peak_rss_mb", (rss, rss, rss));
-    put("session_start_ms", (session_start_ms, session_start_ms, session_start_ms));
+    put(
+        "session_start_ms",
+        (session_start_ms, session_start_ms, session_start_ms),
+    );
     out.insert("prompt_tokens".into(), json!(args.prompt_tokens));
     out.insert("new_tokens".into(), json!(args.new_tokens));
     out.insert("runs".into(), json!(args.runs));
@@ -116,8 +121,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", Value::Object(out));
     } else {
-        println!("{:<18} {:>10} {:>10} {:>10}", "metric", "median", "min", "max");
-        for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "correction_ms", "peak_rss_mb", "session_start_ms"] {
+        println!(
+            "{:<18} {:>10} {:>10} {:>10}",
+            "metric", "median", "min", "max"
+        );
+        for key in [
+            "prefill_tok_s",
+            "decode_tok_s",
+            "ttft_ms",
+            "correction_ms",
+            "peak_rss_mb",
+            "session_start_ms",
+        ] {
             println!(
                 "{key:<18} {:>10.1} {:>10.1} {:>10.1}",
                 out[key].as_f64().unwrap_or(0.0),

@@ -12,6 +12,7 @@ use aligner::{Aligner, Generation};
 use super::{GenArgs, ModelArgs};
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct CorrectArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -32,6 +33,7 @@ pub struct CorrectArgs {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -84,7 +86,9 @@ fn run_and_print(
     let g = generate(&mut |piece| {
         if stream {
             // A closed stdout stops generation instead of failing later.
-            out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok()
+            out.write_all(piece.as_bytes())
+                .and_then(|_| out.flush())
+                .is_ok()
         } else {
             true
         }
@@ -150,9 +154,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     };
     let config = args.gen.apply(aligner.generation_defaults());
     config.validate()?;
-    run_and_print(args.json, json!({"model": dir.display().to_string()}), |on_text| {
-        aligner.generate_ids(&ids, &config, on_text)
-    })
+    run_and_print(
+        args.json,
+        json!({"model": dir.display().to_string()}),
+        |on_text| aligner.generate_ids(&ids, &config, on_text),
+    )
 }
 
 pub fn info(args: InfoArgs) -> Result<()> {
@@ -186,11 +192,21 @@ pub fn info(args: InfoArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!("model:            {}", dir.display());
-        println!("architecture:     {} ({} layers, {} heads / {} kv heads, head size {})", m.model_type, d.num_hidden_layers, d.num_attention_heads, d.num_key_value_heads, d.head_size);
+        println!(
+            "architecture:     {} ({} layers, {} heads / {} kv heads, head size {})",
+            m.model_type,
+            d.num_hidden_layers,
+            d.num_attention_heads,
+            d.num_key_value_heads,
+            d.head_size
+        );
         println!("vocab / context:  {} / {}", m.vocab_size, m.context_length);
         println!("eos token ids:    {:?}", folder.eos_token_ids());
         match &folder.manifest {
-            Some(_) => println!("manifest:         {}", serde_json::to_string_pretty(&v["manifest"])?),
+            Some(_) => println!(
+                "manifest:         {}",
+                serde_json::to_string_pretty(&v["manifest"])?
+            ),
             None => println!("manifest:         none (no aligner.json; pass --template)"),
         }
         println!("onnxruntime:      {} ({})", rt.version, rt.path.display());

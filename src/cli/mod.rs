@@ -14,8 +14,11 @@ use aligner::{GenerationConfig, LoadOptions};
 pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct-int8";
 
 #[derive(Parser)]
-#[command(name = "aligner", version, about = "Correct answers with Aligner models on ONNX Runtime")]
-#[command(allow_negative_numbers = true)]
+#[command(
+    name = "aligner",
+    version,
+    about = "Correct answers with Aligner models on ONNX Runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,175 @@
+//! Every bad input ends in one `error:` line and a non-zero exit, never a panic.
+
+mod common;
+
+use common::*;
+
+fn broken_copy(edit: impl FnOnce(&std::path::Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny_model(), dir.path());
+    edit(dir.path());
+    dir
+}
+
+fn correct_with(model: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let m = model.to_str().unwrap();
+    run(&[
+        &[
+            "correct",
+            "--model",
+            m,
+            "-q",
+            "Q?",
+            "-a",
+            "A.",
+            "--max-new-tokens",
+            "4",
+        ][..],
+        extra,
+    ]
+    .concat())
+}
+
+#[test]
+fn missing_model_folder() {
+    let o = correct_with(std::path::Path::new("/nonexistent/model"), &[]);
+    assert_one_line_error(&o, "does not exist");
+}
+
+#[test]
+fn missing_genai_config() {
+    let d = broken_copy(|p| std::fs::remove_file(p.join("genai_config.json")).unwrap());
+    assert_one_line_error(&correct_with(d.path(), &[]), "genai_config.json is missing");
+}
+
+#[test]
+fn invalid_genai_config() {
+    let d = broken_copy(|p| std::fs::write(p.join("genai_config.json"), "{\"model\": 3").unwrap());
+    assert_one_line_error(&correct_with(d.path(), &[]), "genai_config.json is invalid");
+}
+
+#[test]
+fn truncated_model_onnx() {
+    let d = broken_copy(|p| {
+        let bytes = std::fs::read(p.join("model.onnx")).unwrap();
+        std::fs::write(p.join("model.onnx"), &bytes[..bytes.len() / 3]).unwrap();
+    });
+    assert_one_line_error(&correct_with(d.path(), &[]), "re-export the folder");
+}
+
+#[test]
+fn missing_tokenizer() {
+    let d = broken_copy(|p| std::fs::remove_file(p.join("tokenizer.json")).unwrap());
+    assert_one_line_error(&correct_with(d.path(), &[]), "tokenizer.json is missing");
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    // The tiny model's context is 256 positions.
+    let long = "word ".repeat(400);
+    let m = tiny_model();
+    let o = run(&[
+        "correct",
+        "--model",
+        m.to_str().unwrap(),
+        "-q",
+        &long,
+        "-a",
+        "A.",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert_one_line_error(&o, "context holds 256");
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn top_p_out_of_range() {
+    let o = correct_with(&tiny_model(), &["--top-p", "1.5"]);
+    assert_one_line_error(&o, "top_p 1.5 must be in (0, 1]");
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn negative_temperature() {
+    let o = correct_with(&tiny_model(), &["--temperature", "-1"]);
+    assert_one_line_error(&o, "temperature -1 must be >= 0");
+}
+
+#[test]
+fn unknown_template() {
+    let o = correct_with(&tiny_model(), &["--template", "aligner-v9"]);
+    assert_one_line_error(&o, "unknown template 'aligner-v9'");
+}
+
+#[test]
+fn onnx_runtime_not_found() {
+    let o = correct_with(
+        &tiny_model(),
+        &["--ort-lib", "/nonexistent/libonnxruntime.so"],
+    );
+    assert_one_line_error(&o, "pip install onnxruntime==1.31.1");
+}
+
+#[test]
+fn onnx_runtime_search_lists_what_it_tried() {
+    let o = aligner()
+        .env_remove("VIRTUAL_ENV")
+        .env("LD_LIBRARY_PATH", "/nonexistent")
+        .args(["info", "--model", tiny_model().to_str().unwrap()])
+        .output()
+        .unwrap();
+    // Without the venv the system path is tried last; on a machine with a system-wide
+    // ONNX Runtime this may succeed, which is also correct behaviour.
+    if !o.status.success() {
+        assert_one_line_error(&o, "tried:");
+    }
+}
+
+#[test]
+fn not_an_onnx_runtime_library() {
+    let d = tempfile::tempdir().unwrap();
+    let fake = d.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a library").unwrap();
+    let o = correct_with(&tiny_model(), &["--ort-lib", fake.to_str().unwrap()]);
+    assert_one_line_error(&o, "ONNX Runtime library not found");
+}
+
+#[test]
+fn unreadable_answer_file() {
+    let o = correct_with(&tiny_model(), &["--answer-file", "/nonexistent/answer.txt"]);
+    // --answer and --answer-file conflict: clap reports it; use a run without -a instead.
+    assert!(!o.status.success());
+    let m = tiny_model();
+    let o = run(&[
+        "correct",
+        "--model",
+        m.to_str().unwrap(),
+        "-q",
+        "Q",
+        "--answer-file",
+        "/nonexistent/answer.txt",
+    ]);
+    assert_one_line_error(&o, "cannot read --answer-file");
+}
+
+#[test]
+fn bad_prompt_ids() {
+    let m = tiny_model();
+    let o = run(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt-ids",
+        "1,x",
+    ]);
+    assert_one_line_error(&o, "'x' is not a token id");
+    let o = run(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt-ids",
+        "1,99999",
+    ]);
+    assert_one_line_error(&o, "outside the vocabulary");
+}

@@ -1,0 +1,279 @@
+//! End-to-end: the `aligner` binary on real models and real ONNX Runtime.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::Stdio;
+
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("valid JSON")
+}
+
+#[test]
+fn correct_prints_a_non_empty_correction() {
+    let model = default_model();
+    let o = run(&[
+        "correct",
+        "--model",
+        model.to_str().unwrap(),
+        "--question",
+        "How many legs does a spider have?",
+        "--answer",
+        "Spiders are insects, so they have six legs.",
+        "--max-new-tokens",
+        "48",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).trim().is_empty());
+}
+
+#[test]
+fn correct_uses_default_model_folder_without_model_flag() {
+    default_model();
+    let o = run(&[
+        "correct",
+        "-q",
+        "What is 2+2?",
+        "-a",
+        "5",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn json_output_has_its_fields() {
+    let model = default_model();
+    let v = json_of(&[
+        "correct",
+        "--model",
+        model.to_str().unwrap(),
+        "-q",
+        "What is the capital of France?",
+        "-a",
+        "Berlin.",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    ]);
+    assert!(!v["correction"].as_str().unwrap().is_empty());
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 10);
+    let n = v["completion_tokens"].as_u64().unwrap();
+    assert!((1..=16).contains(&n));
+    assert_eq!(v["tokens"].as_array().unwrap().len() as u64, n);
+    assert!(["eos", "length", "stop"].contains(&v["finish_reason"].as_str().unwrap()));
+    assert!(v["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["template"], "chatml-correction");
+}
+
+#[test]
+fn answer_from_stdin_and_file_equal_inline_answer() {
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let base = [
+        "correct",
+        "--model",
+        m,
+        "-q",
+        "Is water wet?",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ];
+    let inline = json_of(&[&base[..], &["-a", "Yes, water is wet."]].concat());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("answer.txt");
+    std::fs::write(&file, "Yes, water is wet.").unwrap();
+    let from_file = json_of(&[&base[..], &["--answer-file", file.to_str().unwrap()]].concat());
+
+    let mut child = aligner()
+        .args(base)
+        .args(["-a", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Yes, water is wet.\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let from_stdin: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+
+    assert_eq!(inline["tokens"], from_file["tokens"]);
+    assert_eq!(inline["tokens"], from_stdin["tokens"]);
+    assert_eq!(inline["prompt_tokens"], from_stdin["prompt_tokens"]);
+}
+
+#[test]
+fn empty_answer_is_valid() {
+    let model = default_model();
+    let v = json_of(&[
+        "correct",
+        "--model",
+        model.to_str().unwrap(),
+        "-q",
+        "Name a prime number.",
+        "-a",
+        "",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(v["completion_tokens"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn seed_reproduces_sampled_output_and_changing_it_changes_output() {
+    let model = tiny_model();
+    let m = model.to_str().unwrap();
+    let sample = |seed: &str| {
+        json_of(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt-ids",
+            "1,72,101,108",
+            "--max-new-tokens",
+            "24",
+            "--suppress-eos",
+            "--temperature",
+            "1.5",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--json",
+        ])["tokens"]
+            .clone()
+    };
+    assert_eq!(sample("42"), sample("42"));
+    assert_ne!(sample("42"), sample("43"));
+}
+
+#[test]
+fn template_override_changes_the_prompt() {
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let tokens = |template: &str| {
+        json_of(&[
+            "correct",
+            "--model",
+            m,
+            "--template",
+            template,
+            "-q",
+            "Q?",
+            "-a",
+            "A.",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ])["prompt_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_ne!(tokens("aligner-v1"), tokens("chatml-correction"));
+}
+
+#[test]
+fn folder_without_manifest_needs_a_template() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny_model(), dir.path());
+    std::fs::remove_file(dir.path().join("aligner.json")).unwrap();
+    let m = dir.path().to_str().unwrap();
+    let o = run(&[
+        "correct",
+        "--model",
+        m,
+        "-q",
+        "Q",
+        "-a",
+        "A",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_one_line_error(&o, "--template");
+    let o = run(&[
+        "correct",
+        "--model",
+        m,
+        "-q",
+        "Q",
+        "-a",
+        "A",
+        "--max-new-tokens",
+        "2",
+        "--template",
+        "aligner-v2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn info_reports_manifest_runtime_and_providers() {
+    let model = default_model();
+    let v = json_of(&["info", "--model", model.to_str().unwrap(), "--json"]);
+    assert_eq!(v["onnxruntime"]["version"], "1.31.1");
+    assert!(v["onnxruntime"]["path"]
+        .as_str()
+        .unwrap()
+        .contains("libonnxruntime"));
+    let eps: Vec<&str> = v["execution_providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(eps.contains(&"CPUExecutionProvider"));
+    assert_eq!(v["manifest"]["template"], "chatml-correction");
+    assert_eq!(v["layers"], 30);
+}
+
+#[test]
+fn bench_reports_median_min_max() {
+    let model = tiny_model();
+    let v = json_of(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-tokens",
+        "16",
+        "--new-tokens",
+        "8",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    for key in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "ttft_ms",
+        "correction_ms",
+        "peak_rss_mb",
+        "session_start_ms",
+    ] {
+        let (med, min, max) = (
+            v[key].as_f64().unwrap(),
+            v[format!("{key}_min")].as_f64().unwrap(),
+            v[format!("{key}_max")].as_f64().unwrap(),
+        );
+        assert!(
+            min <= med && med <= max && max > 0.0,
+            "{key}: {min} {med} {max}"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Helpers for the end-to-end tests: the real binary, real ONNX Runtime (from the repo's
+//! `.venv`, as `make test` sets up), and model folders built by `make model` / `make test`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn default_model() -> PathBuf {
+    let p = root().join("models/smollm2-135m-instruct-int8");
+    assert!(
+        p.join("model.onnx").is_file(),
+        "{} missing: run `make model`",
+        p.display()
+    );
+    p
+}
+
+pub fn tiny_model() -> PathBuf {
+    let p = root().join("models/tiny-llama-fp32");
+    assert!(
+        p.join("model.onnx").is_file(),
+        "{} missing: run `make test`",
+        p.display()
+    );
+    p
+}
+
+pub fn aligner() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_aligner"));
+    c.env("VIRTUAL_ENV", root().join(".venv"))
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("ALIGNER_MODEL")
+        .current_dir(root());
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    aligner()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a failed run printed exactly one line, `error: ...` containing `needle`.
+pub fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
+}
+
+/// Copies a model folder so a test can break the copy.
+pub fn copy_model(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
