@@ -284,7 +284,7 @@ impl OnnxDecoder {
             .map(|(i, _)| self.session.inputs()[*i].name().to_string())
             .collect();
         let KvStorage::Shared {
-            binding: Some(Box::new(binding)),
+            binding: Some(binding),
             ..
         } = &mut self.kv
         else {
