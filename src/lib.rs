@@ -3,7 +3,23 @@
 //! Layers, each in its own module: prompt [`template`]s, the [`tokenizer`] and its streaming
 //! detokenizer, the [`sampler`] and logits processors, [`stop`] conditions, the [`kv_cache`]
 //! cursor, the ONNX [`engine`] behind the [`model::DecoderModel`] seam, and the [`generate`]
-//! loop. [`Aligner`] ties them together for the common case.
+//! loop. [`Aligner`] ties them together for the common case:
+//!
+//! ```no_run
+//! use aligner::{Aligner, LoadOptions};
+//!
+//! let mut model = Aligner::load(
+//!     "models/smollm2-135m-instruct-int8",
+//!     &LoadOptions::default().with_threads(2),
+//! )?;
+//! let config = model.generation_defaults().with_max_new_tokens(128);
+//! let out = model.correct("Where is Paris?", "Paris is in Germany.", &config, &mut |piece| {
+//!     print!("{piece}");
+//!     true // false cancels
+//! })?;
+//! println!("\n{:?} after {} tokens", out.finish_reason, out.tokens.len());
+//! # Ok::<(), aligner::Error>(())
+//! ```
 
 pub mod config;
 pub mod engine;
