@@ -183,6 +183,7 @@ mod tests {
         context: usize,
         cached: Vec<u32>,
         calls: Vec<(usize, usize)>,
+        reserved: Vec<usize>,
         logits: Vec<f32>,
     }
 
@@ -194,6 +195,7 @@ mod tests {
                 context,
                 cached: Vec::new(),
                 calls: Vec::new(),
+                reserved: Vec::new(),
                 logits: vec![0.0; vocab],
             }
         }
@@ -216,6 +218,10 @@ mod tests {
             let next = self.script[*tokens.last().unwrap() as usize];
             self.logits[next as usize] = 10.0;
             Ok(&mut self.logits)
+        }
+        fn reserve(&mut self, max_total_len: usize) -> Result<()> {
+            self.reserved.push(max_total_len);
+            Ok(())
         }
         fn truncate_cache(&mut self, len: usize) -> Result<()> {
             self.cached.truncate(len);
@@ -258,6 +264,8 @@ mod tests {
         assert_eq!(g.text, "bcde");
         // One prefill of 3, then single tokens at past 3, 4, 5; the 4th token needs no pass.
         assert_eq!(m.calls, vec![(0, 3), (3, 1), (4, 1), (5, 1)]);
+        // The cache was sized once, for prompt plus budget.
+        assert_eq!(m.reserved, vec![7]);
     }
 
     #[test]
@@ -297,6 +305,11 @@ mod tests {
         // 6 cached positions: 3 prompt + 3 fed tokens; the 4th sampled token is never fed.
         assert_eq!(m.cached.len(), 6);
         assert_eq!(g.tokens.len(), 4);
+        assert_eq!(
+            m.reserved,
+            vec![6],
+            "reservation is capped at the context length"
+        );
     }
 
     #[test]

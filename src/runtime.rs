@@ -111,19 +111,24 @@ fn minor_version(version: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// Rejects libraries older than this build's API level, naming the fix.
+fn check_version(version: &str, path: &Path) -> Result<()> {
+    match minor_version(version) {
+        Some((major, minor)) if major > 1 || (major == 1 && minor >= MIN_ORT_MINOR) => Ok(()),
+        _ => Err(Error::RuntimeNotFound(format!(
+            "ONNX Runtime {version} at {} is too old; aligner needs 1.{MIN_ORT_MINOR} or newer: {FIX}",
+            path.display()
+        ))),
+    }
+}
+
 /// Loads the first usable candidate and creates the ort environment.
 pub fn load(explicit: Option<&Path>) -> Result<OrtRuntime> {
     let mut tried = Vec::new();
     for path in candidate_paths(explicit) {
         match probe_version(&path) {
             Ok(version) => {
-                let (major, minor) = minor_version(&version).unwrap_or((0, 0));
-                if major < 1 || (major == 1 && minor < MIN_ORT_MINOR) {
-                    return Err(Error::RuntimeNotFound(format!(
-                        "ONNX Runtime {version} at {} is too old; aligner needs 1.{MIN_ORT_MINOR} or newer: {FIX}",
-                        path.display()
-                    )));
-                }
+                check_version(&version, &path)?;
                 let env = ort::init_from(&path)
                     .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}; {FIX}", path.display())))?
                     .with_name("aligner")
@@ -181,6 +186,19 @@ mod tests {
     fn versions_parse() {
         assert_eq!(minor_version("1.31.1"), Some((1, 31)));
         assert_eq!(minor_version("garbage"), None);
+    }
+
+    #[test]
+    fn old_versions_get_their_own_error() {
+        let p = Path::new("/x/libonnxruntime.so");
+        assert!(check_version("1.31.1", p).is_ok());
+        assert!(check_version("1.32.0", p).is_ok());
+        let msg = check_version("1.20.1", p).unwrap_err().to_string();
+        assert!(
+            msg.contains("1.20.1") && msg.contains("too old") && msg.contains("1.31"),
+            "{msg}"
+        );
+        assert!(check_version("weird", p).is_err());
     }
 
     #[test]

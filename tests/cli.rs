@@ -186,11 +186,10 @@ fn template_override_changes_the_prompt() {
 }
 
 #[test]
-fn folder_without_manifest_needs_a_template() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_model(&tiny_model(), dir.path());
-    std::fs::remove_file(dir.path().join("aligner.json")).unwrap();
-    let m = dir.path().to_str().unwrap();
+fn genai_builder_folder_without_manifest_needs_a_template() {
+    // Made by onnxruntime-genai's own builder: no aligner.json.
+    let folder = root().join("tests/fixtures/genai-builder-tiny");
+    let m = folder.to_str().unwrap();
     let o = run(&[
         "correct",
         "--model",
@@ -203,7 +202,7 @@ fn folder_without_manifest_needs_a_template() {
         "2",
     ]);
     assert_one_line_error(&o, "--template");
-    let o = run(&[
+    let v = json_of(&[
         "correct",
         "--model",
         m,
@@ -212,11 +211,14 @@ fn folder_without_manifest_needs_a_template() {
         "-a",
         "A",
         "--max-new-tokens",
-        "2",
+        "3",
         "--template",
         "aligner-v2",
+        "--suppress-eos",
+        "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(v["completion_tokens"], 3);
+    assert_eq!(v["template"], "aligner-v2");
 }
 
 #[test]

@@ -153,6 +153,33 @@ def make_tiny() -> None:
             arrays[f"greedy_{n}"] = np.array(seq[len(ids):], dtype=np.int64)
     np.savez_compressed(out / "reference.npz", **arrays)
     print("tiny fixture:", out, "vocab", vocab)
+    make_genai_builder_folder(model, out / "tiny-llama.gguf")
+
+
+def make_genai_builder_folder(model, gguf_path: Path) -> None:
+    """The tiny model exported by onnxruntime-genai's own builder (no aligner.json)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "export"))
+    from aligner_export.gguf_source import GgufCheckpoint
+    from aligner_export.tokenizer_build import write_tokenizer_files
+
+    out = FIX / "genai-builder-tiny"
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = Path(tmp) / "hf"
+        model.save_pretrained(hf)
+        ckpt = GgufCheckpoint(gguf_path)
+        write_tokenizer_files(ckpt.tokenizer_fields(), hf, ckpt.config.chat_template)
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(hf), "-o", str(out),
+             "-p", "fp32", "-e", "cpu", "-c", str(Path(tmp) / "cache")],
+            check=True,
+        )
+    print("genai builder fixture:", out)
 
 
 def make_smollm(gguf_path: Path, top_k: int = 8) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from conftest import ROOT, TINY_GGUF
+from export_helpers import ROOT, TINY_GGUF
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

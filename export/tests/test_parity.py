@@ -6,7 +6,7 @@ import json
 import numpy as np
 import tokenizers
 
-from conftest import FIXTURES, Runner
+from export_helpers import FIXTURES, Runner
 
 # The target is 99%; measured (see README) the int8 default (MatMulNBits
 # accuracy_level 4, int8 activations) reaches ~96% on the real model. These floors guard

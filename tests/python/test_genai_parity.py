@@ -5,7 +5,7 @@ import onnxruntime_genai as og
 import pytest
 import tokenizers
 
-from conftest import DEFAULT_MODEL, ROOT, aligner
+from runtime_helpers import DEFAULT_MODEL, ROOT, aligner
 from genai_ref import genai_greedy
 
 NEW_TOKENS = 64
@@ -62,3 +62,14 @@ def test_prompt_tokenization_matches_genai():
         assert ours["prompt_tokens"] == len(theirs)
         tok = tokenizers.Tokenizer.from_file(str(DEFAULT_MODEL / "tokenizer.json"))
         assert tok.encode(text, add_special_tokens=False).ids == theirs
+
+
+def test_genai_builder_folder_runs_and_matches_genai_and_transformers():
+    """A folder made by onnxruntime-genai's own builder (no aligner.json) from the tiny model."""
+    folder = ROOT / "tests" / "fixtures" / "genai-builder-tiny"
+    ref = np.load(ROOT / "tests" / "fixtures" / "tiny-llama" / "reference.npz")
+    for n in range(5):
+        ids = ref[f"prompt_{n}"].tolist()
+        ours = aligner_greedy(folder, ids)
+        assert ours == genai_greedy(str(folder), ids, NEW_TOKENS), f"prompt {n}"
+        assert ours == ref[f"greedy_{n}"].tolist(), f"prompt {n}"
