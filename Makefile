@@ -51,8 +51,8 @@ build:
 demo: model build
 	@echo '--- aligner correct (default model: SmolLM2-135M-Instruct int8) ---'
 	$(BIN) correct \
-	  --question "How many legs does a spider have?" \
-	  --answer "Spiders are insects, so they have six legs." \
+	  --question "What is the boiling point of water at sea level?" \
+	  --answer "Water boils at 50 degrees Celsius at sea level." \
 	  --max-new-tokens 96
 
 test: model fixtures-models build

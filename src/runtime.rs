@@ -88,7 +88,13 @@ fn probe_version(path: &Path) -> std::result::Result<String, String> {
     // SAFETY: loading ONNX Runtime runs only its static initialisers; we call one exported
     // function with the documented signature.
     unsafe {
-        let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
+        let lib = libloading::Library::new(path).map_err(|e| {
+            // libloading's own text is generic ("dlopen failed"); the cause is in its source.
+            match std::error::Error::source(&e) {
+                Some(cause) => cause.to_string(),
+                None => e.to_string(),
+            }
+        })?;
         let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
             lib.get(b"OrtGetApiBase")
                 .map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase)".to_string())?;
