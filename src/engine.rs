@@ -52,7 +52,7 @@ enum KvStorage {
 enum InputRole {
     InputIds,
     AttentionMask(TensorElementType),
-    PositionIds,
+    PositionIds(TensorElementType),
     Past(usize),
 }
 
@@ -110,7 +110,7 @@ impl OnnxDecoder {
             } else if Some(name) == names.attention_mask.as_deref() || name == "attention_mask" {
                 InputRole::AttentionMask(ty.unwrap_or(TensorElementType::Int64))
             } else if Some(name) == names.position_ids.as_deref() || name == "position_ids" {
-                InputRole::PositionIds
+                InputRole::PositionIds(ty.unwrap_or(TensorElementType::Int64))
             } else if let Some(&slot) = past_slots.get(name) {
                 kv_dtype = ty;
                 InputRole::Past(slot)
@@ -263,12 +263,9 @@ impl OnnxDecoder {
                     [1, plan.total_len()],
                     std::iter::repeat_n(1, plan.total_len()),
                 )?,
-                InputRole::PositionIds => int_tensor(
-                    allocator,
-                    TensorElementType::Int64,
-                    [1, n],
-                    plan.positions().map(|p| p as i64),
-                )?,
+                InputRole::PositionIds(dtype) => {
+                    int_tensor(allocator, dtype, [1, n], plan.positions().map(|p| p as i64))?
+                }
                 InputRole::Past(_) => continue,
             };
             out.push((index, value));
