@@ -23,7 +23,7 @@ use crate::kv_cache::StepPlan;
 use crate::model::DecoderModel;
 use crate::runtime::OrtRuntime;
 
-/// Session settings. `Default` uses all cores the machine reports.
+/// Session settings. `Default` leaves the thread count to ONNX Runtime.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
     /// Intra-op threads; `None` lets ONNX Runtime decide.
