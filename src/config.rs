@@ -29,6 +29,11 @@ pub struct GenerationConfig {
     /// Mask EOS tokens out of the logits, as onnxruntime-genai's `min_length` does, so a run
     /// always reaches `max_new_tokens` (benchmarks and parity tests need fixed lengths).
     pub suppress_eos: bool,
+    /// Draft from the answer being corrected and verify drafts in one pass (greedy only;
+    /// output is identical either way).
+    pub copy_drafts: bool,
+    /// Upper bound of the adaptive draft length.
+    pub max_draft_tokens: usize,
 }
 
 impl Default for GenerationConfig {
@@ -44,6 +49,8 @@ impl Default for GenerationConfig {
             seed: None,
             stop: Vec::new(),
             suppress_eos: false,
+            copy_drafts: true,
+            max_draft_tokens: 16,
         }
     }
 }
@@ -90,6 +97,15 @@ impl GenerationConfig {
         self
     }
 
+    pub fn with_copy_drafts(mut self, on: bool) -> Self {
+        self.copy_drafts = on;
+        self
+    }
+    pub fn with_max_draft_tokens(mut self, n: usize) -> Self {
+        self.max_draft_tokens = n;
+        self
+    }
+
     /// Rejects values that have no meaning, naming the flag and the valid range.
     pub fn validate(&self) -> Result<()> {
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(Error::invalid(msg)) };
@@ -114,6 +130,13 @@ impl GenerationConfig {
             format!(
                 "repetition_penalty {} must be > 0 (1 = off)",
                 self.repetition_penalty
+            ),
+        )?;
+        check(
+            (1..=256).contains(&self.max_draft_tokens),
+            format!(
+                "max_draft_tokens {} must be in [1, 256]",
+                self.max_draft_tokens
             ),
         )?;
         check(

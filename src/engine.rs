@@ -68,7 +68,9 @@ pub struct OnnxDecoder {
     head_size: usize,
     vocab_size: usize,
     context_length: usize,
+    /// Logits of the last `logit_rows` positions of the latest step, row by row.
     logits: Vec<f32>,
+    logit_rows: usize,
 }
 
 fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
@@ -181,6 +183,7 @@ impl OnnxDecoder {
             vocab_size,
             context_length: folder.genai.model.context_length,
             logits: vec![0.0; vocab_size],
+            logit_rows: 1,
         };
         engine.reset_past()?;
         Ok(engine)
@@ -339,8 +342,21 @@ impl OnnxDecoder {
         self.kv = KvStorage::Chained(next_past);
         self.copy_last_logits(&logits)
     }
+    fn run_step(&mut self, tokens: &[u32], plan: StepPlan, rows: usize) -> Result<()> {
+        self.logit_rows = rows;
+        match self.kv {
+            KvStorage::Shared { .. } => self.forward_shared(tokens, plan),
+            KvStorage::Chained(_) => self.forward_chained(tokens, plan),
+        }
+    }
+
+    /// Copies the last `self.logit_rows` positions' logits into `self.logits`.
     fn copy_last_logits(&mut self, value: &DynValue) -> Result<()> {
         let vocab = self.vocab_size;
+        let want = self.logit_rows * vocab;
+        if self.logits.len() < want {
+            self.logits.resize(want, 0.0);
+        }
         let shape_err = |n: usize| {
             Error::Inference(format!(
                 "logits hold {n} values, expected a multiple of vocab_size {vocab}"
@@ -349,17 +365,17 @@ impl OnnxDecoder {
         match tensor_type(value.dtype()) {
             Some(TensorElementType::Float32) => {
                 let (_, data) = value.try_extract_tensor::<f32>()?;
-                if data.len() < vocab || data.len() % vocab != 0 {
+                if data.len() < want || data.len() % vocab != 0 {
                     return Err(shape_err(data.len()));
                 }
-                self.logits.copy_from_slice(&data[data.len() - vocab..]);
+                self.logits[..want].copy_from_slice(&data[data.len() - want..]);
             }
             Some(TensorElementType::Float16) => {
                 let (_, data) = value.try_extract_tensor::<half::f16>()?;
-                if data.len() < vocab || data.len() % vocab != 0 {
+                if data.len() < want || data.len() % vocab != 0 {
                     return Err(shape_err(data.len()));
                 }
-                for (dst, src) in self.logits.iter_mut().zip(&data[data.len() - vocab..]) {
+                for (dst, src) in self.logits.iter_mut().zip(&data[data.len() - want..]) {
                     *dst = src.to_f32();
                 }
             }
@@ -374,8 +390,11 @@ impl OnnxDecoder {
 }
 
 fn build_session(runtime: &OrtRuntime, path: &Path, config: &EngineConfig) -> ort::Result<Session> {
-    let mut builder =
-        Session::builder(&runtime.env)?.with_optimization_level(GraphOptimizationLevel::All)?;
+    // ONNX Runtime's own log lines would break the one-line error contract; its errors reach
+    // the user through ours instead.
+    let mut builder = Session::builder(&runtime.env)?
+        .with_log_level(ort::logging::LogLevel::Fatal)?
+        .with_optimization_level(GraphOptimizationLevel::All)?;
     if let Some(n) = config.threads {
         builder = builder.with_intra_threads(n)?;
     }
@@ -416,23 +435,31 @@ impl DecoderModel for OnnxDecoder {
     }
 
     fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
-        match self.kv {
-            KvStorage::Shared { .. } => self.forward_shared(tokens, plan)?,
-            KvStorage::Chained(_) => self.forward_chained(tokens, plan)?,
-        }
-        Ok(&mut self.logits)
+        self.run_step(tokens, plan, 1)?;
+        Ok(&mut self.logits[..self.vocab_size])
+    }
+
+    fn forward_all(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
+        self.run_step(tokens, plan, tokens.len())?;
+        Ok(&mut self.logits[..tokens.len() * self.vocab_size])
     }
 
     fn reserve(&mut self, max_total_len: usize) -> Result<()> {
         self.ensure_shared_capacity(max_total_len)
     }
 
+    fn can_rollback(&self) -> bool {
+        matches!(self.kv, KvStorage::Shared { .. })
+    }
+
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
-        if len == 0 {
-            return self.reset_past();
+        match &self.kv {
+            // Positions past the attention mask are ignored, then overwritten in place.
+            KvStorage::Shared { .. } => Ok(()),
+            KvStorage::Chained(_) if len == 0 => self.reset_past(),
+            KvStorage::Chained(_) => Err(Error::invalid(
+                "partial KV-cache truncation needs a shared-buffer (GroupQueryAttention) model",
+            )),
         }
-        Err(Error::invalid(
-            "partial KV-cache truncation is not supported by this engine yet",
-        ))
     }
 }

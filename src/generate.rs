@@ -48,6 +48,9 @@ pub struct Generation {
     pub prompt_tokens: usize,
     pub finish_reason: FinishReason,
     pub timings: Timings,
+    /// Copy-draft statistics, when speculative decoding ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drafts: Option<crate::speculative::DraftStats>,
 }
 
 /// Drives a [`DecoderModel`]; owns the cache cursor so every pass is planned in one place.
@@ -75,6 +78,38 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         eos_ids: &[u32],
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        let start = Instant::now();
+        let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
+        let mut chooser = Chooser::new(config, eos_ids, self.model.vocab_size(), prompt.len());
+        let plan = self.cursor.plan(prompt.len())?;
+        let mut logits = self.model.forward(prompt, plan)?;
+        self.cursor.commit(plan);
+        let prefill_ms = ms_since(start);
+        let decode_start = Instant::now();
+
+        let finish_reason = loop {
+            let token = chooser.choose(logits, &sink.history);
+            if let Some(reason) = sink.accept(decoder, token)? {
+                break reason;
+            }
+            if self.cursor.remaining() == 0 {
+                break FinishReason::ContextFull;
+            }
+            let plan = self.cursor.plan(1)?;
+            logits = self.model.forward(&[token], plan)?;
+            self.cursor.commit(plan);
+        };
+        Ok(sink.finish(finish_reason, start, prefill_ms, decode_start))
+    }
+
+    /// Validates, resets the cache and sizes it for this sequence.
+    pub(crate) fn begin<'c>(
+        &mut self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        eos_ids: &'c [u32],
+        on_text: &'c mut dyn FnMut(&str) -> bool,
+    ) -> Result<TokenSink<'c>> {
         config.validate()?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt encodes to zero tokens"));
@@ -86,156 +121,169 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
                 context_length: self.cursor.capacity(),
             });
         }
-        let start = Instant::now();
         self.model.truncate_cache(0)?;
         self.cursor.truncate(0);
         let max_total = (prompt.len() + config.max_new_tokens).min(self.cursor.capacity());
         self.model.reserve(max_total)?;
+        Ok(TokenSink::new(prompt, config, eos_ids, on_text))
+    }
 
-        let vocab = self.model.vocab_size();
-        let mut sampler = Sampler::new(config, vocab);
-        let mut stream = DecodeStream::new();
-        let mut stops = StopStrings::new(config.stop.clone());
-        let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + config.max_new_tokens);
-        history.extend_from_slice(prompt);
-        let penalize_from = if config.penalize_prompt {
-            0
-        } else {
-            prompt.len()
-        };
-        let mut timings = Timings::default();
+    pub(crate) fn model(&mut self) -> &mut M {
+        self.model
+    }
 
-        let plan = self.cursor.plan(prompt.len())?;
-        let mut logits = self.model.forward(prompt, plan)?;
-        self.cursor.commit(plan);
-        timings.prefill_ms = ms_since(start);
-        let decode_start = Instant::now();
-
-        let finish_reason = loop {
-            if config.suppress_eos {
-                for &eos in eos_ids {
-                    if let Some(l) = logits.get_mut(eos as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let token = sampler.sample(logits, &history[penalize_from..]);
-            history.push(token);
-            let generated = history.len() - prompt.len();
-            if eos_ids.contains(&token) {
-                break FinishReason::Eos;
-            }
-            if let Some(piece) = stream.step(decoder, token)? {
-                let (safe, hit_stop) = stops.push(&piece);
-                if !safe.is_empty() && !on_text(&safe) {
-                    break FinishReason::Cancelled;
-                }
-                if hit_stop {
-                    break FinishReason::Stop;
-                }
-            }
-            if generated >= config.max_new_tokens {
-                break FinishReason::Length;
-            }
-            if self.cursor.remaining() == 0 {
-                break FinishReason::ContextFull;
-            }
-            let plan = self.cursor.plan(1)?;
-            logits = self.model.forward(&[token], plan)?;
-            self.cursor.commit(plan);
-        };
-        if finish_reason != FinishReason::Stop {
-            let tail = stops.flush();
-            if !tail.is_empty() {
-                on_text(&tail);
-            }
-        }
-        timings.decode_ms = ms_since(decode_start);
-        timings.total_ms = ms_since(start);
-        let mut tokens = history.split_off(prompt.len());
-        if finish_reason == FinishReason::Eos {
-            tokens.pop();
-        }
-        Ok(Generation {
-            text: stops.text().to_string(),
-            tokens,
-            prompt_tokens: prompt.len(),
-            finish_reason,
-            timings,
-        })
+    pub(crate) fn cursor(&mut self) -> &mut KvCursor {
+        &mut self.cursor
     }
 }
 
-fn ms_since(t: Instant) -> f64 {
+/// Turns logits into the next token: EOS suppression, then the configured sampler.
+pub(crate) struct Chooser<'e> {
+    sampler: Sampler,
+    suppress: &'e [u32],
+    penalize_from: usize,
+}
+
+impl<'e> Chooser<'e> {
+    pub(crate) fn new(
+        config: &GenerationConfig,
+        eos_ids: &'e [u32],
+        vocab: usize,
+        prompt_len: usize,
+    ) -> Self {
+        Chooser {
+            sampler: Sampler::new(config, vocab),
+            suppress: if config.suppress_eos { eos_ids } else { &[] },
+            penalize_from: if config.penalize_prompt {
+                0
+            } else {
+                prompt_len
+            },
+        }
+    }
+
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.sampler.is_greedy()
+    }
+
+    /// `history` is the prompt followed by every token accepted so far.
+    pub(crate) fn choose(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        for &eos in self.suppress {
+            if let Some(l) = logits.get_mut(eos as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        self.sampler.sample(logits, &history[self.penalize_from..])
+    }
+}
+
+/// Everything that happens to an accepted token: EOS, streaming, stop strings, the budget.
+/// Shared by the plain and the speculative loops so both end in exactly the same way.
+pub(crate) struct TokenSink<'c> {
+    pub(crate) history: Vec<u32>,
+    prompt_len: usize,
+    max_new_tokens: usize,
+    eos_ids: &'c [u32],
+    stream: DecodeStream,
+    stops: StopStrings,
+    on_text: &'c mut dyn FnMut(&str) -> bool,
+}
+
+impl<'c> TokenSink<'c> {
+    fn new(
+        prompt: &[u32],
+        config: &GenerationConfig,
+        eos_ids: &'c [u32],
+        on_text: &'c mut dyn FnMut(&str) -> bool,
+    ) -> Self {
+        let mut history = Vec::with_capacity(prompt.len() + config.max_new_tokens);
+        history.extend_from_slice(prompt);
+        TokenSink {
+            history,
+            prompt_len: prompt.len(),
+            max_new_tokens: config.max_new_tokens,
+            eos_ids,
+            stream: DecodeStream::new(),
+            stops: StopStrings::new(config.stop.clone()),
+            on_text,
+        }
+    }
+
+    pub(crate) fn generated(&self) -> &[u32] {
+        &self.history[self.prompt_len..]
+    }
+
+    pub(crate) fn budget_left(&self) -> usize {
+        self.max_new_tokens - self.generated().len()
+    }
+
+    /// Records `token`; returns why generation ends, if it does.
+    pub(crate) fn accept(
+        &mut self,
+        decoder: &impl Decode,
+        token: u32,
+    ) -> Result<Option<FinishReason>> {
+        self.history.push(token);
+        if self.eos_ids.contains(&token) {
+            return Ok(Some(FinishReason::Eos));
+        }
+        if let Some(piece) = self.stream.step(decoder, token)? {
+            let (safe, hit_stop) = self.stops.push(&piece);
+            if !safe.is_empty() && !(self.on_text)(&safe) {
+                return Ok(Some(FinishReason::Cancelled));
+            }
+            if hit_stop {
+                return Ok(Some(FinishReason::Stop));
+            }
+        }
+        if self.generated().len() >= self.max_new_tokens {
+            return Ok(Some(FinishReason::Length));
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn finish(
+        mut self,
+        finish_reason: FinishReason,
+        start: Instant,
+        prefill_ms: f64,
+        decode_start: Instant,
+    ) -> Generation {
+        if finish_reason != FinishReason::Stop {
+            let tail = self.stops.flush();
+            if !tail.is_empty() {
+                (self.on_text)(&tail);
+            }
+        }
+        let timings = Timings {
+            prefill_ms,
+            decode_ms: ms_since(decode_start),
+            total_ms: ms_since(start),
+        };
+        let mut tokens = self.history.split_off(self.prompt_len);
+        if finish_reason == FinishReason::Eos {
+            tokens.pop();
+        }
+        Generation {
+            text: self.stops.text().to_string(),
+            tokens,
+            prompt_tokens: self.prompt_len,
+            finish_reason,
+            timings,
+            drafts: None,
+        }
+    }
+}
+
+pub(crate) fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv_cache::StepPlan;
 
-    /// Scripted model: the next token after `t` is `script[t]`. It keeps its own copy of the
-    /// cached sequence and checks every plan against it, so a loop that re-feeds tokens or
-    /// misplaces positions fails here.
-    struct ScriptedModel {
-        script: Vec<u32>,
-        context: usize,
-        cached: Vec<u32>,
-        calls: Vec<(usize, usize)>,
-        reserved: Vec<usize>,
-        logits: Vec<f32>,
-    }
-
-    impl ScriptedModel {
-        fn new(script: Vec<u32>, context: usize) -> Self {
-            let vocab = script.len();
-            ScriptedModel {
-                script,
-                context,
-                cached: Vec::new(),
-                calls: Vec::new(),
-                reserved: Vec::new(),
-                logits: vec![0.0; vocab],
-            }
-        }
-    }
-
-    impl DecoderModel for ScriptedModel {
-        fn vocab_size(&self) -> usize {
-            self.script.len()
-        }
-        fn context_length(&self) -> usize {
-            self.context
-        }
-        fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
-            assert_eq!(plan.past_len, self.cached.len(), "past length out of sync");
-            assert_eq!(plan.new_len, tokens.len());
-            assert!(plan.total_len() <= self.context);
-            self.cached.extend_from_slice(tokens);
-            self.calls.push((plan.past_len, plan.new_len));
-            self.logits.iter_mut().for_each(|l| *l = 0.0);
-            let next = self.script[*tokens.last().unwrap() as usize];
-            self.logits[next as usize] = 10.0;
-            Ok(&mut self.logits)
-        }
-        fn reserve(&mut self, max_total_len: usize) -> Result<()> {
-            self.reserved.push(max_total_len);
-            Ok(())
-        }
-        fn truncate_cache(&mut self, len: usize) -> Result<()> {
-            self.cached.truncate(len);
-            Ok(())
-        }
-    }
-
-    /// Token t decodes to the letter ('a' + t).
-    struct Letters;
-    impl Decode for Letters {
-        fn decode_ids(&self, ids: &[u32]) -> Result<String> {
-            Ok(ids.iter().map(|&i| (b'a' + i as u8) as char).collect())
-        }
-    }
+    use crate::testing::{Letters, ScriptedModel};
 
     fn run(
         model: &mut ScriptedModel,

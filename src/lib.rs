@@ -22,6 +22,7 @@
 //! ```
 
 pub mod config;
+pub mod draft;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -29,8 +30,11 @@ pub mod kv_cache;
 pub mod model;
 pub mod runtime;
 pub mod sampler;
+pub mod speculative;
 pub mod stop;
 pub mod template;
+#[cfg(test)]
+mod testing;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -145,7 +149,28 @@ impl Aligner {
             }
         }
         let ids = self.tokenizer.encode(&prompt)?;
-        self.generate_ids(&ids, &config, on_text)
+        self.check_ids(&ids)?;
+        // The correction mostly copies the answer: its tokens are the speculative drafts.
+        let answer_ids = self.tokenizer.encode(answer)?;
+        let (generation, _) = Generator::new(&mut self.engine).generate_with_copy_drafts(
+            &self.tokenizer,
+            &ids,
+            &answer_ids,
+            &config,
+            &self.eos_ids,
+            on_text,
+        )?;
+        Ok(generation)
+    }
+
+    fn check_ids(&self, prompt: &[u32]) -> Result<()> {
+        let vocab = self.folder.genai.model.vocab_size;
+        match prompt.iter().find(|&&t| t as usize >= vocab) {
+            Some(bad) => Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Generates from raw prompt token ids (no template).
@@ -155,15 +180,7 @@ impl Aligner {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= self.folder.genai.model.vocab_size)
-        {
-            return Err(Error::invalid(format!(
-                "token id {bad} is outside the vocabulary (size {})",
-                self.folder.genai.model.vocab_size
-            )));
-        }
+        self.check_ids(prompt)?;
         Generator::new(&mut self.engine).generate(
             &self.tokenizer,
             prompt,

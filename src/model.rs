@@ -17,6 +17,16 @@ pub trait DecoderModel {
     /// sampler can process them in place).
     fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]>;
 
+    /// Like [`forward`](Self::forward) but returns the logits of every new position,
+    /// `tokens.len() * vocab_size` values row by row (speculative verification).
+    fn forward_all(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]>;
+
+    /// Whether [`truncate_cache`](Self::truncate_cache) accepts a non-zero length, which
+    /// rejecting a draft needs.
+    fn can_rollback(&self) -> bool {
+        false
+    }
+
     /// Called before a sequence starts with the most positions it can reach, so an engine
     /// can size its cache once instead of growing it per token.
     fn reserve(&mut self, _max_total_len: usize) -> Result<()> {

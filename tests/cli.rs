@@ -279,3 +279,39 @@ fn bench_reports_median_min_max() {
         );
     }
 }
+
+#[test]
+fn copy_drafts_change_speed_not_output() {
+    // The default model corrects this answer by a one-word edit: some drafted tokens are
+    // accepted and some rejected, so the KV cache is rolled back on the real engine.
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let args = [
+        "correct",
+        "--model",
+        m,
+        "-q",
+        "What color is the sky on a clear day?",
+        "-a",
+        "The sky is green on a clear day.",
+        "--max-new-tokens",
+        "40",
+        "--json",
+    ];
+    let drafted = json_of(&args);
+    let plain = json_of(&[&args[..], &["--no-draft"]].concat());
+    assert_eq!(drafted["tokens"], plain["tokens"]);
+    assert_eq!(drafted["correction"], plain["correction"]);
+    assert!(plain.get("drafts").is_none());
+    let d = &drafted["drafts"];
+    let (proposed, accepted, passes) = (
+        d["proposed"].as_u64().unwrap(),
+        d["accepted"].as_u64().unwrap(),
+        d["passes"].as_u64().unwrap(),
+    );
+    assert!(accepted > 0 && accepted < proposed, "{d}");
+    assert!(
+        passes < drafted["completion_tokens"].as_u64().unwrap(),
+        "{d}"
+    );
+}

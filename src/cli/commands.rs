@@ -108,6 +108,9 @@ fn run_and_print(
                 "decode_tok_s": g.timings.decode_tok_s(g.tokens.len()),
             },
         });
+        if let (Some(obj), Some(drafts)) = (v.as_object_mut(), &g.drafts) {
+            obj.insert("drafts".into(), json!(drafts));
+        }
         if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
             obj.extend(extra);
         }

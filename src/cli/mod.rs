@@ -118,6 +118,12 @@ pub struct GenArgs {
     /// Stop when this text appears (repeatable).
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
+    /// Turn off copy-draft speculative decoding for corrections (output is identical).
+    #[arg(long)]
+    pub no_draft: bool,
+    /// Upper bound of the adaptive copy-draft length.
+    #[arg(long, value_name = "N")]
+    pub max_draft_tokens: Option<usize>,
     /// Never produce EOS tokens (their logits are masked), so runs have fixed lengths.
     #[arg(long, alias = "ignore-eos")]
     pub suppress_eos: bool,
@@ -145,6 +151,12 @@ impl GenArgs {
         }
         if let Some(v) = self.seed {
             c = c.with_seed(v);
+        }
+        if let Some(v) = self.max_draft_tokens {
+            c = c.with_max_draft_tokens(v);
+        }
+        if self.no_draft {
+            c = c.with_copy_drafts(false);
         }
         let penalize_prompt = self.penalize_prompt || c.penalize_prompt;
         let suppress_eos = self.suppress_eos || c.suppress_eos;

@@ -1,0 +1,145 @@
+//! Copy drafts: an Aligner's correction mostly copies the answer it corrects, so the answer's
+//! own tokens are the draft. An alignment pointer follows where the output currently is in the
+//! answer; after an edit it re-aligns on the longest recent n-gram found in the answer.
+
+/// Proposes draft tokens from a source sequence (the tokenized answer).
+#[derive(Debug, Clone)]
+pub struct CopyDrafter {
+    source: Vec<u32>,
+    /// Index in `source` of the next token to propose, when aligned.
+    pointer: Option<usize>,
+    draft_len: usize,
+    max_draft: usize,
+}
+
+/// Longest output suffix used to re-align after an edit.
+const MAX_NGRAM: usize = 4;
+/// Shortest suffix that counts as an alignment (single tokens match too often).
+const MIN_NGRAM: usize = 2;
+
+impl CopyDrafter {
+    pub fn new(source: Vec<u32>, max_draft: usize) -> Self {
+        CopyDrafter {
+            source,
+            pointer: None,
+            draft_len: max_draft.clamp(1, 4),
+            max_draft: max_draft.max(1),
+        }
+    }
+
+    /// Current adaptive draft length.
+    pub fn draft_len(&self) -> usize {
+        self.draft_len
+    }
+
+    /// Draft continuing `output` (all tokens generated so far), at most `limit` tokens.
+    pub fn propose(&mut self, output: &[u32], limit: usize) -> &[u32] {
+        let n = self.draft_len.min(limit);
+        if n == 0 || self.source.is_empty() {
+            return &[];
+        }
+        let start = match self.pointer.filter(|&p| self.follows(output, p)) {
+            Some(p) => Some(p),
+            None => self.realign(output),
+        };
+        self.pointer = start;
+        match start {
+            Some(p) if p < self.source.len() => &self.source[p..(p + n).min(self.source.len())],
+            _ => &[],
+        }
+    }
+
+    /// Reports how many of the last `proposed` tokens were accepted; adapts the length and
+    /// moves the pointer past what was copied.
+    pub fn feedback(&mut self, proposed: usize, accepted: usize) {
+        if proposed == 0 {
+            return;
+        }
+        if let Some(p) = self.pointer.as_mut() {
+            *p += accepted;
+        }
+        self.draft_len = if accepted == proposed {
+            (self.draft_len * 2).min(self.max_draft)
+        } else {
+            (accepted + 1).clamp(1, self.max_draft)
+        };
+    }
+
+    /// The pointer is still valid when the last output token is the source token before it.
+    fn follows(&self, output: &[u32], p: usize) -> bool {
+        p > 0 && output.last() == self.source.get(p - 1)
+    }
+
+    /// Finds the longest suffix of `output` (MAX_NGRAM down to MIN_NGRAM tokens) in the
+    /// source, preferring the occurrence nearest after the old pointer, and points after it.
+    fn realign(&self, output: &[u32]) -> Option<usize> {
+        let hint = self.pointer.unwrap_or(0);
+        for n in (MIN_NGRAM..=MAX_NGRAM.min(output.len())).rev() {
+            let suffix = &output[output.len() - n..];
+            // Prefer the nearest occurrence at or after the pointer, else the nearest before.
+            let best = self
+                .source
+                .windows(n)
+                .enumerate()
+                .filter(|(_, window)| *window == suffix)
+                .map(|(i, _)| i + n)
+                .min_by_key(|&after| (after < hint, after.abs_diff(hint)));
+            if best.is_some() {
+                return best;
+            }
+        }
+        // Nothing generated yet: a correction usually starts where the answer starts.
+        if output.is_empty() {
+            return Some(0);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_at_the_beginning_and_follows_accepted_copies() {
+        let mut d = CopyDrafter::new(vec![10, 11, 12, 13, 14, 15], 8);
+        assert_eq!(d.propose(&[], 8), &[10, 11, 12, 13]);
+        d.feedback(4, 4);
+        assert_eq!(d.draft_len(), 8, "full acceptance doubles the draft");
+        assert_eq!(d.propose(&[10, 11, 12, 13, 14], 8), &[15]);
+    }
+
+    #[test]
+    fn rejection_shrinks_the_draft_and_realigns_after_an_edit() {
+        let mut d = CopyDrafter::new(vec![1, 2, 3, 4, 5, 6, 7, 8, 9], 8);
+        assert_eq!(d.propose(&[], 8), &[1, 2, 3, 4]);
+        d.feedback(4, 1);
+        assert_eq!(d.draft_len(), 2);
+        // Output diverged after 1 (an inserted 42), then rejoined with "5 6".
+        assert_eq!(d.propose(&[1, 42, 5, 6], 8), &[7, 8]);
+    }
+
+    #[test]
+    fn unaligned_output_gets_no_draft() {
+        let mut d = CopyDrafter::new(vec![1, 2, 3], 4);
+        assert!(d.propose(&[9, 8, 7], 4).is_empty());
+    }
+
+    #[test]
+    fn limit_and_source_end_cap_the_draft() {
+        let mut d = CopyDrafter::new(vec![1, 2, 3], 16);
+        assert_eq!(d.propose(&[], 2), &[1, 2]);
+        d.feedback(2, 2);
+        assert_eq!(d.propose(&[1, 2], 16), &[3]);
+        let mut empty = CopyDrafter::new(vec![], 4);
+        assert!(empty.propose(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn realignment_prefers_the_occurrence_after_the_pointer() {
+        // "7 8" occurs twice; after copying past the first, the second is the right one.
+        let mut d = CopyDrafter::new(vec![7, 8, 1, 2, 7, 8, 3], 8);
+        d.pointer = Some(4);
+        assert_eq!(d.propose(&[9, 7, 8], 2), &[3]);
+    }
+}

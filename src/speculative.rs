@@ -1,0 +1,290 @@
+//! Copy-draft speculative decoding: draft the next tokens from the answer being corrected,
+//! run them through the model in one pass, keep the prefix the model agrees with, and roll the
+//! KV cache back past the rest.
+//!
+//! Verification uses the same [`Chooser`] and [`TokenSink`] as plain decoding, position by
+//! position with the history up to that position, so the output is token-for-token the plain
+//! greedy output. Sampling runs fall back to plain decoding: the lossless acceptance rule for
+//! sampled drafts is not implemented yet.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::GenerationConfig;
+use crate::draft::CopyDrafter;
+use crate::error::Result;
+use crate::generate::{ms_since, Chooser, Generation, Generator};
+use crate::model::DecoderModel;
+use crate::stop::FinishReason;
+use crate::tokenizer::Decode;
+
+/// How the drafts fared in one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DraftStats {
+    /// Forward passes after the prompt (plain decoding needs one per token).
+    pub passes: usize,
+    pub proposed: usize,
+    pub accepted: usize,
+}
+
+impl<M: DecoderModel> Generator<'_, M> {
+    /// Like [`generate`](Self::generate), drafting from `draft_source` (the tokenized answer)
+    /// when decoding is greedy and the model can roll its cache back.
+    pub fn generate_with_copy_drafts(
+        &mut self,
+        decoder: &impl Decode,
+        prompt: &[u32],
+        draft_source: &[u32],
+        config: &GenerationConfig,
+        eos_ids: &[u32],
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Generation, Option<DraftStats>)> {
+        let vocab = self.model().vocab_size();
+        let mut chooser = Chooser::new(config, eos_ids, vocab, prompt.len());
+        if !config.copy_drafts || !chooser.is_greedy() || !self.model().can_rollback() {
+            return Ok((
+                self.generate(decoder, prompt, config, eos_ids, on_text)?,
+                None,
+            ));
+        }
+        let start = Instant::now();
+        let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
+        let plan = self.cursor().plan(prompt.len())?;
+        let logits = self.model().forward(prompt, plan)?;
+        let mut token = chooser.choose(logits, &sink.history);
+        self.cursor().commit(plan);
+        let prefill_ms = ms_since(start);
+        let decode_start = Instant::now();
+
+        let mut drafter = CopyDrafter::new(draft_source.to_vec(), config.max_draft_tokens);
+        let mut stats = DraftStats::default();
+        let mut feed: Vec<u32> = Vec::with_capacity(config.max_draft_tokens + 1);
+        let finish_reason = 'generation: loop {
+            if let Some(reason) = sink.accept(decoder, token)? {
+                break reason;
+            }
+            let remaining = self.cursor().remaining();
+            if remaining == 0 {
+                break FinishReason::ContextFull;
+            }
+            // Drafts beyond the context or the token budget could never be kept.
+            let limit = (remaining - 1).min(sink.budget_left() - 1);
+            feed.clear();
+            feed.push(token);
+            feed.extend_from_slice(drafter.propose(sink.generated(), limit));
+            let drafted = feed.len() - 1;
+
+            let plan = self.cursor().plan(feed.len())?;
+            let rows = self.model().forward_all(&feed, plan)?;
+            stats.passes += 1;
+            stats.proposed += drafted;
+            let mut accepted = 0;
+            let mut next = token;
+            for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
+                let choice = chooser.choose(row, &sink.history);
+                if i < drafted && choice == feed[i + 1] {
+                    accepted += 1;
+                    if let Some(reason) = sink.accept(decoder, choice)? {
+                        stats.accepted += accepted;
+                        break 'generation reason;
+                    }
+                } else {
+                    next = choice;
+                    break;
+                }
+            }
+            stats.accepted += accepted;
+            drafter.feedback(drafted, accepted);
+            // Keep the fed token and the accepted drafts; forget the rejected ones.
+            let keep = plan.past_len + 1 + accepted;
+            self.cursor().commit(plan);
+            self.cursor().truncate(keep);
+            self.model().truncate_cache(keep)?;
+            token = next;
+        };
+        let mut generation = sink.finish(finish_reason, start, prefill_ms, decode_start);
+        generation.drafts = Some(stats);
+        Ok((generation, Some(stats)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Letters, ScriptedModel};
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{RngCore, SeedableRng};
+
+    fn plain(
+        script: &[u32],
+        ctx: usize,
+        prompt: &[u32],
+        cfg: &GenerationConfig,
+        eos: &[u32],
+    ) -> (Generation, ScriptedModel) {
+        let mut m = ScriptedModel::new(script.to_vec(), ctx);
+        let g = Generator::new(&mut m)
+            .generate(&Letters, prompt, cfg, eos, &mut |_| true)
+            .unwrap();
+        (g, m)
+    }
+
+    fn drafted(
+        script: &[u32],
+        ctx: usize,
+        prompt: &[u32],
+        source: &[u32],
+        cfg: &GenerationConfig,
+        eos: &[u32],
+    ) -> (Generation, DraftStats, ScriptedModel, String) {
+        let mut m = ScriptedModel::new(script.to_vec(), ctx);
+        let mut streamed = String::new();
+        let (g, stats) = Generator::new(&mut m)
+            .generate_with_copy_drafts(&Letters, prompt, source, cfg, eos, &mut |t| {
+                streamed.push_str(t);
+                true
+            })
+            .unwrap();
+        (g, stats.expect("drafting was used"), m, streamed)
+    }
+
+    /// Every pass after a rollback must start from a cache that holds only the prompt and
+    /// accepted output: exactly what a run that never drafted would hold.
+    fn assert_cache_never_holds_rejected_tokens(m: &ScriptedModel, prompt: &[u32], output: &[u32]) {
+        let truth: Vec<u32> = prompt.iter().chain(output).copied().collect();
+        for state in &m.states {
+            assert!(
+                truth.starts_with(state),
+                "cache {state:?} is not a prefix of {truth:?}"
+            );
+        }
+    }
+
+    fn chain(len: u32) -> Vec<u32> {
+        (0..len).map(|t| (t + 1) % len).collect()
+    }
+
+    #[test]
+    fn accept_all_when_the_answer_is_the_output() {
+        let script = chain(30); // 0 -> 1 -> 2 -> ...
+        let cfg = GenerationConfig::default().with_max_new_tokens(20);
+        let (p, _) = plain(&script, 64, &[0], &cfg, &[]);
+        let source: Vec<u32> = (1..=20).collect();
+        let (d, stats, m, streamed) = drafted(&script, 64, &[0], &source, &cfg, &[]);
+        assert_eq!(d.tokens, p.tokens);
+        assert_eq!(streamed, p.text);
+        assert!(stats.passes < 8, "{stats:?}");
+        assert_eq!(stats.accepted, stats.proposed);
+        assert_cache_never_holds_rejected_tokens(&m, &[0], &d.tokens);
+    }
+
+    #[test]
+    fn reject_all_still_gives_plain_output() {
+        let script = chain(30);
+        let cfg = GenerationConfig::default().with_max_new_tokens(12);
+        let (p, _) = plain(&script, 64, &[0], &cfg, &[]);
+        let source = vec![20, 25, 22, 27, 21]; // never what the model wants next
+        let (d, stats, m, _) = drafted(&script, 64, &[0], &source, &cfg, &[]);
+        assert_eq!(d.tokens, p.tokens);
+        assert_eq!(stats.accepted, 0);
+        assert_cache_never_holds_rejected_tokens(&m, &[0], &d.tokens);
+    }
+
+    #[test]
+    fn partial_accept_after_an_edit_realigns() {
+        let script = chain(30);
+        let cfg = GenerationConfig::default().with_max_new_tokens(15);
+        let (p, _) = plain(&script, 64, &[0], &cfg, &[]);
+        // The answer has a wrong token (29 instead of 4); the model corrects it and copies on.
+        let source = vec![1, 2, 3, 29, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+        let (d, stats, m, _) = drafted(&script, 64, &[0], &source, &cfg, &[]);
+        assert_eq!(d.tokens, p.tokens);
+        assert!(
+            stats.accepted > 0 && stats.accepted < stats.proposed,
+            "{stats:?}"
+        );
+        assert_cache_never_holds_rejected_tokens(&m, &[0], &d.tokens);
+    }
+
+    #[test]
+    fn eos_inside_a_draft_ends_like_plain() {
+        let script = chain(30);
+        let cfg = GenerationConfig::default().with_max_new_tokens(30);
+        let eos = [6];
+        let (p, _) = plain(&script, 64, &[0], &cfg, &eos);
+        let source: Vec<u32> = (1..=12).collect();
+        let (d, _, _, _) = drafted(&script, 64, &[0], &source, &cfg, &eos);
+        assert_eq!(d.tokens, p.tokens);
+        assert_eq!(d.finish_reason, FinishReason::Eos);
+        assert_eq!(d.tokens, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn context_limit_and_budget_cap_drafts() {
+        let script = chain(40);
+        let source: Vec<u32> = (1..=39).collect();
+        for (ctx, max_new) in [(10, 100), (64, 7), (9, 3)] {
+            let cfg = GenerationConfig::default().with_max_new_tokens(max_new);
+            let (p, _) = plain(&script, ctx, &[0, 0], &cfg, &[]);
+            let (d, _, _, _) = drafted(&script, ctx, &[0, 0], &source, &cfg, &[]);
+            assert_eq!(
+                (d.tokens.clone(), d.finish_reason),
+                (p.tokens.clone(), p.finish_reason),
+                "ctx {ctx} max {max_new}"
+            );
+        }
+    }
+
+    #[test]
+    fn sampling_falls_back_to_plain_decoding() {
+        let mut m = ScriptedModel::new(chain(10), 64);
+        let cfg = GenerationConfig::default()
+            .with_temperature(0.7)
+            .with_seed(1)
+            .with_max_new_tokens(4);
+        let (_, stats) = Generator::new(&mut m)
+            .generate_with_copy_drafts(&Letters, &[0], &[1, 2, 3], &cfg, &[], &mut |_| true)
+            .unwrap();
+        assert!(stats.is_none());
+    }
+
+    #[test]
+    fn randomized_scripts_match_plain_greedy() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2024);
+        for case in 0..300 {
+            let vocab = 8 + (rng.next_u32() % 40);
+            let script: Vec<u32> = (0..vocab).map(|_| rng.next_u32() % vocab).collect();
+            let prompt: Vec<u32> = (0..1 + rng.next_u32() % 5)
+                .map(|_| rng.next_u32() % vocab)
+                .collect();
+            let max_new = 1 + (rng.next_u32() % 40) as usize;
+            let ctx = prompt.len() + 1 + (rng.next_u32() % 50) as usize;
+            let cfg = GenerationConfig::default()
+                .with_max_new_tokens(max_new)
+                .with_max_draft_tokens(1 + (rng.next_u32() % 12) as usize)
+                .with_repetition_penalty(if case % 3 == 0 { 1.3 } else { 1.0 });
+            let eos: Vec<u32> = if case % 2 == 0 {
+                vec![rng.next_u32() % vocab]
+            } else {
+                vec![]
+            };
+            // A source that shares pieces with the true trajectory, with noise.
+            let (p, _) = plain(&script, ctx, &prompt, &cfg, &eos);
+            let mut source = p.tokens.clone();
+            for t in source.iter_mut() {
+                if rng.next_u32() % 4 == 0 {
+                    *t = rng.next_u32() % vocab;
+                }
+            }
+            let (d, stats, m, _) = drafted(&script, ctx, &prompt, &source, &cfg, &eos);
+            assert_eq!(
+                (d.tokens.clone(), d.finish_reason, d.text.clone()),
+                (p.tokens.clone(), p.finish_reason, p.text),
+                "case {case}"
+            );
+            assert!(stats.accepted <= stats.proposed);
+            assert_cache_never_holds_rejected_tokens(&m, &prompt, &d.tokens);
+        }
+    }
+}

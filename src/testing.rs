@@ -1,0 +1,88 @@
+//! A scripted stand-in for the ONNX engine, for unit tests of the loops and the cache
+//! bookkeeping. The next token after `t` is `script[t]` (logit 10, every other logit 0). The
+//! model keeps its own copy of the cached sequence and checks every plan against it, so a loop
+//! that re-feeds tokens, misplaces positions or rolls back wrongly fails.
+
+use crate::error::Result;
+use crate::kv_cache::StepPlan;
+use crate::model::DecoderModel;
+use crate::tokenizer::Decode;
+
+pub struct ScriptedModel {
+    pub script: Vec<u32>,
+    pub context: usize,
+    pub cached: Vec<u32>,
+    pub calls: Vec<(usize, usize)>,
+    pub reserved: Vec<usize>,
+    /// The cached sequence at the start of every pass.
+    pub states: Vec<Vec<u32>>,
+    logits: Vec<f32>,
+}
+
+impl ScriptedModel {
+    pub fn new(script: Vec<u32>, context: usize) -> Self {
+        ScriptedModel {
+            script,
+            context,
+            cached: Vec::new(),
+            calls: Vec::new(),
+            reserved: Vec::new(),
+            states: Vec::new(),
+            logits: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, tokens: &[u32], plan: StepPlan, rows: usize) -> &mut [f32] {
+        assert_eq!(plan.past_len, self.cached.len(), "past length out of sync");
+        assert_eq!(plan.new_len, tokens.len());
+        assert!(plan.total_len() <= self.context);
+        self.states.push(self.cached.clone());
+        self.cached.extend_from_slice(tokens);
+        self.calls.push((plan.past_len, plan.new_len));
+        let vocab = self.script.len();
+        self.logits.clear();
+        self.logits.resize(rows * vocab, 0.0);
+        for (row, &t) in tokens[tokens.len() - rows..].iter().enumerate() {
+            self.logits[row * vocab + self.script[t as usize] as usize] = 10.0;
+        }
+        &mut self.logits
+    }
+}
+
+impl DecoderModel for ScriptedModel {
+    fn vocab_size(&self) -> usize {
+        self.script.len()
+    }
+    fn context_length(&self) -> usize {
+        self.context
+    }
+    fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
+        Ok(self.run(tokens, plan, 1))
+    }
+    fn forward_all(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
+        Ok(self.run(tokens, plan, tokens.len()))
+    }
+    fn can_rollback(&self) -> bool {
+        true
+    }
+    fn reserve(&mut self, max_total_len: usize) -> Result<()> {
+        self.reserved.push(max_total_len);
+        Ok(())
+    }
+    fn truncate_cache(&mut self, len: usize) -> Result<()> {
+        self.cached.truncate(len);
+        Ok(())
+    }
+}
+
+/// Token t decodes to the letter ('a' + t).
+pub struct Letters;
+
+impl Decode for Letters {
+    fn decode_ids(&self, ids: &[u32]) -> Result<String> {
+        Ok(ids
+            .iter()
+            .map(|&i| (b'a' + (i % 26) as u8) as char)
+            .collect())
+    }
+}
