@@ -88,9 +88,9 @@ impl CopyDrafter {
                 return best;
             }
         }
-        // Nothing generated yet: a correction usually starts where the answer starts.
-        if output.is_empty() {
-            return Some(0);
+        // Too little output for an n-gram: a correction usually starts where the answer starts.
+        if output.len() < MIN_NGRAM && self.source.starts_with(output) {
+            return Some(output.len());
         }
         None
     }
@@ -117,6 +117,14 @@ mod tests {
         assert_eq!(d.draft_len(), 2);
         // Output diverged after 1 (an inserted 42), then rejoined with "5 6".
         assert_eq!(d.propose(&[1, 42, 5, 6], 8), &[7, 8]);
+    }
+
+    #[test]
+    fn first_token_matching_the_answer_start_aligns() {
+        let mut d = CopyDrafter::new(vec![5, 6, 7, 8], 4);
+        assert_eq!(d.propose(&[5], 2), &[6, 7]);
+        let mut d = CopyDrafter::new(vec![5, 6, 7, 8], 4);
+        assert!(d.propose(&[6], 2).is_empty());
     }
 
     #[test]

@@ -162,18 +162,30 @@ impl<'e> Chooser<'e> {
         }
     }
 
-    pub(crate) fn is_greedy(&self) -> bool {
-        self.sampler.is_greedy()
-    }
-
     /// `history` is the prompt followed by every token accepted so far.
     pub(crate) fn choose(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.suppress_eos(logits);
+        self.sampler.sample(logits, &history[self.penalize_from..])
+    }
+
+    /// Verifies one draft token against these logits; see [`Sampler::verify_draft`].
+    pub(crate) fn verify(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        draft: u32,
+    ) -> (u32, bool) {
+        self.suppress_eos(logits);
+        self.sampler
+            .verify_draft(logits, &history[self.penalize_from..], draft)
+    }
+
+    fn suppress_eos(&self, logits: &mut [f32]) {
         for &eos in self.suppress {
             if let Some(l) = logits.get_mut(eos as usize) {
                 *l = f32::NEG_INFINITY;
             }
         }
-        self.sampler.sample(logits, &history[self.penalize_from..])
     }
 }
 

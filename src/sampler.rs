@@ -154,21 +154,65 @@ impl Sampler {
     /// Picks the next token. `logits` is modified in place; `penalized` holds the tokens the
     /// repetition penalty counts (by default only the generated ones).
     pub fn sample(&mut self, logits: &mut [f32], penalized: &[u32]) -> u32 {
+        if self.penalize(logits, penalized) {
+            return argmax(logits);
+        }
+        let keep = self.distribution(logits);
+        let u = self.uniform();
+        self.candidates[sample_index(&self.probs[..keep], u)]
+    }
+
+    /// Speculative verification of a deterministic draft token (a copy draft puts all its
+    /// probability on `draft`). Greedy: accepted iff it is the argmax. Sampling: accepted with
+    /// the target probability p(draft), else the token is drawn from p with `draft` removed,
+    /// which is the standard rule and leaves the output distribution exactly that of
+    /// [`sample`](Self::sample). Returns the token and whether it is the draft.
+    pub fn verify_draft(
+        &mut self,
+        logits: &mut [f32],
+        penalized: &[u32],
+        draft: u32,
+    ) -> (u32, bool) {
+        if self.penalize(logits, penalized) {
+            let best = argmax(logits);
+            return (best, best == draft);
+        }
+        let keep = self.distribution(logits);
+        let total: f32 = self.probs[..keep].iter().sum();
+        let slot = self.candidates[..keep].iter().position(|&c| c == draft);
+        let p_draft = slot.map_or(0.0, |i| self.probs[i] / total);
+        if self.uniform() < p_draft {
+            return (draft, true);
+        }
+        if let Some(i) = slot {
+            self.probs[i] = 0.0;
+        }
+        let u = self.uniform();
+        (self.candidates[sample_index(&self.probs[..keep], u)], false)
+    }
+
+    /// Applies the repetition penalty; returns true when decoding is greedy.
+    fn penalize(&mut self, logits: &mut [f32], penalized: &[u32]) -> bool {
         if self.seen.len() < logits.len() {
             self.seen.resize(logits.len(), false);
         }
         apply_repetition_penalty(logits, penalized, self.repetition_penalty, &mut self.seen);
-        if self.is_greedy() {
-            return argmax(logits);
-        }
+        self.is_greedy()
+    }
+
+    /// Temperature, top-k, softmax, top-p and min-p: fills `candidates` (best first) and
+    /// `probs`, and returns how many of them may be drawn.
+    fn distribution(&mut self, logits: &mut [f32]) -> usize {
         apply_temperature(logits, self.temperature);
         self.candidates.clear();
         self.candidates.extend(0..logits.len() as u32);
         top_k(logits, &mut self.candidates, self.top_k);
         softmax_candidates(logits, &self.candidates, &mut self.probs);
-        let keep = top_p_len(&self.probs, self.top_p).min(min_p_len(&self.probs, self.min_p));
-        let u = (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-        self.candidates[sample_index(&self.probs[..keep], u)]
+        top_p_len(&self.probs, self.top_p).min(min_p_len(&self.probs, self.min_p))
+    }
+
+    fn uniform(&mut self) -> f32 {
+        (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
     }
 }
 

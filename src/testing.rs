@@ -16,6 +16,8 @@ pub struct ScriptedModel {
     pub reserved: Vec<usize>,
     /// The cached sequence at the start of every pass.
     pub states: Vec<Vec<u32>>,
+    /// When set, the logits after token `t` are `table[t]` instead of the one-hot script.
+    pub table: Option<Vec<Vec<f32>>>,
     logits: Vec<f32>,
 }
 
@@ -28,8 +30,16 @@ impl ScriptedModel {
             calls: Vec::new(),
             reserved: Vec::new(),
             states: Vec::new(),
+            table: None,
             logits: Vec::new(),
         }
+    }
+
+    /// A model with soft logits (for sampling tests): row `t` follows token `t`.
+    pub fn with_table(table: Vec<Vec<f32>>, context: usize) -> Self {
+        let mut m = ScriptedModel::new(vec![0; table.len()], context);
+        m.table = Some(table);
+        m
     }
 
     fn run(&mut self, tokens: &[u32], plan: StepPlan, rows: usize) -> &mut [f32] {
@@ -43,7 +53,11 @@ impl ScriptedModel {
         self.logits.clear();
         self.logits.resize(rows * vocab, 0.0);
         for (row, &t) in tokens[tokens.len() - rows..].iter().enumerate() {
-            self.logits[row * vocab + self.script[t as usize] as usize] = 10.0;
+            let out = &mut self.logits[row * vocab..(row + 1) * vocab];
+            match &self.table {
+                Some(table) => out.copy_from_slice(&table[t as usize]),
+                None => out[self.script[t as usize] as usize] = 10.0,
+            }
         }
         &mut self.logits
     }
