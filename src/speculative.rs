@@ -41,14 +41,14 @@ impl<M: DecoderModel> Generator<'_, M> {
         eos_ids: &[u32],
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Generation, Option<DraftStats>)> {
-        let vocab = self.model().vocab_size();
-        let mut chooser = Chooser::new(config, eos_ids, vocab, prompt.len());
         if !config.copy_drafts || !self.model().can_rollback() {
             return Ok((
                 self.generate(decoder, prompt, config, eos_ids, on_text)?,
                 None,
             ));
         }
+        let vocab = self.model().vocab_size();
+        let mut chooser = Chooser::new(config, eos_ids, vocab, prompt.len());
         let start = Instant::now();
         let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
         let plan = self.cursor().plan(prompt.len())?;
