@@ -71,6 +71,10 @@ pub struct OnnxDecoder {
     /// Logits of the last `logit_rows` positions of the latest step, row by row.
     logits: Vec<f32>,
     logit_rows: usize,
+    /// Session input names, in session order (bound by name every step).
+    input_names: Vec<String>,
+    /// Where ONNX Runtime allocates the logits of a bound run.
+    cpu_output: MemoryInfo<'static>,
 }
 
 fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
@@ -162,6 +166,11 @@ impl OnnxDecoder {
             }
         }
         let vocab_size = folder.genai.model.vocab_size;
+        let input_names = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
         let kv = if folder.genai.search.past_present_share_buffer {
             KvStorage::Shared {
                 _buffers: Vec::new(),
@@ -184,6 +193,13 @@ impl OnnxDecoder {
             context_length: folder.genai.model.context_length,
             logits: vec![0.0; vocab_size],
             logit_rows: 1,
+            input_names,
+            cpu_output: MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::CPUOutput,
+            )?,
         };
         engine.reset_past()?;
         Ok(engine)
@@ -238,13 +254,13 @@ impl OnnxDecoder {
         Ok(())
     }
 
-    fn past_input_name(&self, slot: usize) -> String {
+    fn past_input_name(&self, slot: usize) -> &str {
         let index = self
             .roles
             .iter()
             .position(|r| *r == InputRole::Past(slot))
             .unwrap_or(0);
-        self.session.inputs()[index].name().to_string()
+        &self.input_names[index]
     }
 
     /// The per-step inputs (ids, mask, positions) with their session input index.
@@ -279,10 +295,6 @@ impl OnnxDecoder {
     fn forward_shared(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
         self.ensure_shared_capacity(plan.total_len())?;
         let step = self.step_inputs(tokens, plan)?;
-        let names: Vec<String> = step
-            .iter()
-            .map(|(i, _)| self.session.inputs()[*i].name().to_string())
-            .collect();
         let KvStorage::Shared {
             binding: Some(binding),
             ..
@@ -290,18 +302,12 @@ impl OnnxDecoder {
         else {
             return Err(Error::Inference("shared KV cache is not bound".into()));
         };
-        for (name, (_, value)) in names.into_iter().zip(&step) {
-            binding.bind_input(name, value)?;
+        for (index, value) in &step {
+            binding.bind_input(self.input_names[*index].as_str(), value)?;
         }
         // Logits change shape between prefill and decode: let ONNX Runtime allocate them each
         // run (a binding would otherwise reuse the previous run's tensor as a fixed output).
-        let cpu = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::CPUOutput,
-        )?;
-        binding.bind_output_to_device(self.logits_name.as_str(), &cpu)?;
+        binding.bind_output_to_device(self.logits_name.as_str(), &self.cpu_output)?;
         let mut outputs = self.session.run_binding(binding)?;
         let logits = outputs
             .remove(&self.logits_name)

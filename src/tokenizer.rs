@@ -82,10 +82,6 @@ impl DecodeStream {
             Ok(None)
         }
     }
-
-    pub fn tokens(&self) -> &[u32] {
-        &self.ids
-    }
 }
 
 #[cfg(test)]
