@@ -8,36 +8,37 @@ GroupQueryAttention implements with `rotary_interleaved=0`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ExportError
+from .model_config import ModelConfig
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+GGUF_ARCHITECTURES = ("llama",)  # llama.cpp also files Mistral under "llama"
+
+# Hugging Face tensor names (what the graph builder asks for) -> GGUF names.
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
 
 
-@dataclass
-class ModelConfig:
-    architecture: str
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    rope_theta: float
-    rms_norm_eps: float
-    context_length: int
-    tied_embeddings: bool
-    bos_token_id: int | None
-    eos_token_ids: list[int]
-    pad_token_id: int | None
-    chat_template: str | None = None
-    name: str = ""
-    extra: dict = field(default_factory=dict)
+def gguf_name(hf_name: str) -> str:
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    parts = hf_name.split(".", 3)  # model, layers, i, rest
+    if len(parts) == 4 and parts[1] == "layers" and parts[3] in _LAYER_NAMES:
+        return f"blk.{parts[2]}.{_LAYER_NAMES[parts[3]]}"
+    raise ExportError(f"no GGUF tensor corresponds to '{hf_name}'")
 
 
 def _field_value(reader, key: str):
@@ -81,10 +82,11 @@ class GgufCheckpoint:
     def _read_config(self) -> ModelConfig:
         r = self.reader
         arch = _field_value(r, "general.architecture")
-        if arch not in SUPPORTED_ARCHITECTURES:
+        if arch not in GGUF_ARCHITECTURES:
             raise ExportError(
-                f"unsupported architecture '{arch}' in {self.path.name}; this exporter handles: "
-                + ", ".join(SUPPORTED_ARCHITECTURES)
+                f"unsupported architecture '{arch}' in {self.path.name}; GGUF input handles: "
+                + ", ".join(GGUF_ARCHITECTURES)
+                + " (convert other architectures from their Hugging Face folder)"
             )
 
         def req(key: str):
@@ -127,13 +129,14 @@ class GgufCheckpoint:
             name=str(_field_value(r, "general.name") or self.path.stem),
         )
 
-    def has(self, name: str) -> bool:
-        return name in self._tensors
+    def sha256(self) -> str:
+        return sha256_of(self.path)
 
-    def tensor(self, name: str) -> np.ndarray:
-        """Dequantized float32 weight with rows = output features (the Hugging Face layout)."""
+    def tensor(self, hf_name: str) -> np.ndarray:
+        """Dequantized float32 weight, by Hugging Face name and in Hugging Face layout."""
         import gguf
 
+        name = gguf_name(hf_name)
         t = self._tensors.get(name)
         if t is None:
             raise ExportError(f"{self.path.name} lacks tensor '{name}'; the file is incomplete")
@@ -168,6 +171,9 @@ class GgufCheckpoint:
             "tokens": _field_value(r, "tokenizer.ggml.tokens"),
             "token_type": _field_value(r, "tokenizer.ggml.token_type"),
             "merges": _field_value(r, "tokenizer.ggml.merges"),
+            "scores": _field_value(r, "tokenizer.ggml.scores"),
+            "add_space_prefix": _field_value(r, "tokenizer.ggml.add_space_prefix"),
+            "unk": _field_value(r, "tokenizer.ggml.unknown_token_id"),
             "add_bos": _field_value(r, "tokenizer.ggml.add_bos_token"),
             "bos": self.config.bos_token_id,
             "eos": self.config.eos_token_ids,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import __version__
-from .gguf_source import ModelConfig
+from .model_config import ModelConfig
 
 MANIFEST_VERSION = 1
 
@@ -61,18 +61,25 @@ def genai_config(cfg: ModelConfig, filename: str = "model.onnx") -> dict:
     }
 
 
-def aligner_manifest(cfg: ModelConfig, template: str, provenance: dict) -> dict:
+def generation_defaults(gen: dict) -> dict:
+    """aligner's defaults from a generation_config.json; greedy unless it asks to sample."""
+    out = {"max_new_tokens": int(gen.get("max_new_tokens") or 256), "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+           "min_p": 0.0, "repetition_penalty": float(gen.get("repetition_penalty") or 1.0)}
+    if gen.get("do_sample"):
+        out.update(
+            temperature=float(gen.get("temperature", 1.0)),
+            top_k=int(gen.get("top_k", 50) or 0),  # transformers' default top_k is 50
+            top_p=float(gen.get("top_p", 1.0)),
+            min_p=float(gen.get("min_p") or 0.0),
+        )
+    return out
+
+
+def aligner_manifest(cfg: ModelConfig, template: str, generation: dict, provenance: dict) -> dict:
     return {
         "format_version": MANIFEST_VERSION,
         "template": template,
-        "generation": {
-            "max_new_tokens": 256,
-            "temperature": 0.0,
-            "top_k": 0,
-            "top_p": 1.0,
-            "min_p": 0.0,
-            "repetition_penalty": 1.0,
-        },
+        "generation": generation,
         "eos_token_ids": cfg.eos_token_ids,
         "provenance": {"exporter": f"aligner_export {__version__}", "architecture": cfg.architecture, **provenance},
     }

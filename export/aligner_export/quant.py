@@ -1,8 +1,9 @@
 """Block-wise weight-only quantization in the layouts ONNX Runtime's contrib ops read.
 
 MatMulNBits wants B as [N, K/block, block*bits/8] uint8 with per-block float scales and uint8
-zero points; GatherBlockQuantized (used for the embedding table) reads the same bytes as a
-[N, K] uint8 matrix, so a tied embedding/lm_head is stored once.
+zero points (two 4-bit zero points per byte for int4). The 8-bit embedding table uses the same
+layout, gathered and dequantized row by row in the graph, so a tied embedding/lm_head is stored
+once.
 """
 
 from __future__ import annotations
@@ -44,11 +45,9 @@ def quantize_blockwise(weight: np.ndarray, bits: int = 8, block_size: int = 32) 
     q = np.clip(np.round(blocks / scales[..., None]) + zero[..., None], 0, qmax).astype(np.uint8)
     if bits == 4:
         q = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-        nb = zero.shape[1]
-        if nb % 2:
+        if zero.shape[1] % 2:
             zero = np.concatenate([zero, np.zeros((n, 1), np.uint8)], axis=1)
         zero = (zero[:, 0::2] | (zero[:, 1::2] << 4)).astype(np.uint8)
-        del nb
     return BlockQuantized(q, scales, zero, bits, block_size, n, k)
 
 
@@ -61,3 +60,28 @@ def dequantize_blockwise(qw: BlockQuantized) -> np.ndarray:
         zero = np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(qw.n, -1)[:, : qw.k // qw.block_size]
     w = (q.astype(np.float32) - zero[..., None].astype(np.float32)) * qw.scales[..., None]
     return w.reshape(qw.n, qw.k)
+
+
+ROW_CHUNK = 2048  # rows quantized at a time, which bounds the fp32 temporaries
+
+
+def quantize_rows(parts: list[np.ndarray], bits: int, block_size: int) -> BlockQuantized:
+    """Quantize the row-wise concatenation of `parts` chunk by chunk; quantization is per row,
+    so this equals quantizing the concatenated matrix, without materializing it in fp32."""
+    pieces = [
+        quantize_blockwise(part[start : start + ROW_CHUNK], bits, block_size)
+        for part in parts
+        for start in range(0, part.shape[0], ROW_CHUNK)
+    ]
+    if len(pieces) == 1:
+        return pieces[0]
+    first = pieces[0]
+    return BlockQuantized(
+        np.concatenate([p.data for p in pieces]),
+        np.concatenate([p.scales for p in pieces]),
+        np.concatenate([p.zero_points for p in pieces]),
+        bits,
+        block_size,
+        sum(p.n for p in pieces),
+        first.k,
+    )

@@ -1,4 +1,5 @@
-"""Build a Hugging Face `tokenizer.json` from GGUF tokenizer metadata (byte-level BPE).
+"""Build a Hugging Face `tokenizer.json` from GGUF tokenizer metadata (byte-level BPE, or
+SentencePiece BPE for `llama` tokenizers).
 
 The pre-tokenizer regexes mirror what llama.cpp applies for each `tokenizer.ggml.pre` value, so
 our runtime, onnxruntime-genai and llama.cpp split text the same way.
@@ -43,10 +44,33 @@ def _pre_tokenizer(pre: str | None) -> dict:
     raise ExportError(f"GGUF pre-tokenizer '{pre}' is not supported; supply a tokenizer.json next to the model")
 
 
+def sentencepiece_from_gguf(fields: dict) -> dict:
+    """A SentencePiece-style tokenizer.json for GGUF `llama` tokenizers (Llama-2, Mistral):
+    GGUF keeps the pieces, scores and piece types (same numbering as SentencePiece)."""
+    from .sentencepiece_model import tokenizer_json
+
+    tokens = list(fields["tokens"])
+    scores = list(fields.get("scores") or [0.0] * len(tokens))
+    types = list(fields.get("token_type") or [1] * len(tokens))
+    unk = fields.get("unk")
+    bos = fields.get("bos")
+    model = {
+        "pieces": [(t, float(s), int(k)) for t, s, k in zip(tokens, scores, types)],
+        "trainer": {"model_type": 2, "byte_fallback": True, "unk_piece": tokens[unk if unk is not None else 0],
+                    "bos_id": -1 if bos is None else int(bos)},
+        "normalizer": {"name": "identity", "precompiled_charsmap": b"", "remove_extra_whitespaces": False,
+                       "add_dummy_prefix": fields.get("add_space_prefix") is not False},
+    }
+    add_bos = fields.get("add_bos")
+    return tokenizer_json(model, {}, True if add_bos is None else bool(add_bos))
+
+
 def tokenizer_json_from_gguf(fields: dict) -> dict:
+    if fields.get("model") == "llama":
+        return sentencepiece_from_gguf(fields)
     if fields.get("model") != "gpt2":
         raise ExportError(
-            f"GGUF tokenizer model '{fields.get('model')}' is not supported yet (only byte-level BPE 'gpt2')"
+            f"GGUF tokenizer model '{fields.get('model')}' is not supported (supported: byte-level BPE 'gpt2', SentencePiece 'llama')"
         )
     tokens = list(fields["tokens"])
     types = list(fields["token_type"] or [1] * len(tokens))
@@ -104,7 +128,7 @@ def write_tokenizer_files(fields: dict, out_dir: Path, chat_template: str | None
     bos = fields.get("bos")
     eos = (fields.get("eos") or [None])[0]
     cfg = {
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": "LlamaTokenizerFast" if fields.get("model") == "llama" else "GPT2Tokenizer",
         "add_bos_token": bool(fields.get("add_bos")),
         "add_prefix_space": False,
         "bos_token": tokens[bos] if bos is not None else None,

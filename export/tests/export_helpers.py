@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,39 +13,40 @@ FIXTURES = ROOT / "tests" / "fixtures"
 TINY_GGUF = FIXTURES / "tiny-llama" / "tiny-llama.gguf"
 SMOLLM_GGUF = ROOT / ".cache" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+from aligner_export.ort_runner import FolderRunner as Runner  # noqa: E402  (after the sys.path insert)
 
-class Runner:
-    """Runs an exported folder with plain onnxruntime, prefill or step by step."""
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma")
 
-    def __init__(self, folder: Path):
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        d = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-        self.layers, self.kv_heads, self.head = d["num_hidden_layers"], d["num_key_value_heads"], d["head_size"]
 
-    def empty_past(self) -> dict:
-        z = np.zeros((1, self.kv_heads, 0, self.head), np.float32)
-        return {f"past_key_values.{i}.{k}": z for i in range(self.layers) for k in ("key", "value")}
+def hf_fixture(arch: str) -> Path:
+    return FIXTURES / f"hf-{arch}"
 
-    def step(self, ids: list[int], past: dict) -> tuple[np.ndarray, dict]:
-        past_len = next(iter(past.values())).shape[2]
-        feeds = {
-            "input_ids": np.array([ids], np.int64),
-            "attention_mask": np.ones((1, past_len + len(ids)), np.int64),
-            **past,
-        }
-        names = [o.name for o in self.session.get_outputs()]
-        out = dict(zip(names, self.session.run(names, feeds)))
-        present = {f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"] for i in range(self.layers) for k in ("key", "value")}
-        return out["logits"][0], present
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        return self.step(ids, self.empty_past())[0]
+def hf_reference(arch: str):
+    return np.load(FIXTURES / f"hf-{arch}-ref.npz")
+
+
+@pytest.fixture(scope="session")
+def arch_folders(tmp_path_factory):
+    """Exports of every fixture architecture, made on first use: arch_folders(arch, precision)."""
+    from aligner_export.convert import convert
+    from aligner_export.decoder_graph import QuantOptions
+
+    base = tmp_path_factory.mktemp("arch")
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(arch: str, precision: str) -> Path:
+        if (arch, precision) not in made:
+            made[arch, precision] = convert(hf_fixture(arch), base / f"{arch}-{precision}", QuantOptions(precision))
+        return made[arch, precision]
+
+    return get
 
 
 @pytest.fixture(scope="session")
 def tiny_folders(tmp_path_factory) -> dict[str, Path]:
     from aligner_export.convert import convert
-    from aligner_export.llama_graph import QuantOptions
+    from aligner_export.decoder_graph import QuantOptions
 
     base = tmp_path_factory.mktemp("tiny")
     return {p: convert(TINY_GGUF, base / p, QuantOptions(p)) for p in ("fp32", "int8")}
@@ -63,7 +62,7 @@ def smollm_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm_fp32(tmp_path_factory, smollm_gguf) -> Path:
     from aligner_export.convert import convert
-    from aligner_export.llama_graph import QuantOptions
+    from aligner_export.decoder_graph import QuantOptions
 
     return convert(smollm_gguf, tmp_path_factory.mktemp("smol") / "fp32", QuantOptions("fp32"))
 
