@@ -15,7 +15,7 @@ EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
 # The runtime finds ONNX Runtime in the active Python environment: ours.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: demo test model build venv fixtures-models clean lint bench
+.PHONY: demo test model build venv fixtures-models clean lint bench gpu-pack
 
 $(VENV)/.stamp: requirements.txt
 	python3 -m venv $(VENV)
@@ -62,6 +62,10 @@ test: model fixtures-models build
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
+
+# Parts for scripts/gpu-check.sh on a GPU machine (downloads the onnxruntime-gpu wheel).
+gpu-pack: model build
+	scripts/gpu-pack.sh
 
 bench: model build
 	$(PY) benches/compare.py --model $(DEFAULT_MODEL)

@@ -229,6 +229,9 @@ pub struct AlignerManifest {
     pub eos_token_ids: Vec<u32>,
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// Execution providers the folder was exported for ("cpu", "cuda", "tensorrt").
+    #[serde(default)]
+    pub providers: Vec<String>,
 }
 
 /// A validated model folder: paths and parsed manifests, with no ONNX Runtime involved yet.
@@ -240,6 +243,14 @@ pub struct ModelFolder {
 }
 
 impl ModelFolder {
+    /// The providers `aligner.json` says the folder was exported for, if it says.
+    pub fn intended_providers(&self) -> Option<&[String]> {
+        self.manifest
+            .as_ref()
+            .map(|m| m.providers.as_slice())
+            .filter(|p| !p.is_empty())
+    }
+
     pub fn open(dir: impl AsRef<Path>) -> Result<ModelFolder> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {

@@ -9,10 +9,13 @@
 //!   IoBinding) as both past input and present output, so GroupQueryAttention writes new
 //!   positions in place and nothing is copied or reallocated per token;
 //! - chained: each step's present tensors become the next step's past (any attention op).
+//!
+//! On CUDA and TensorRT the shared buffers are allocated on the device, so the cache never
+//! crosses the bus; only the logits come back, into pinned host memory.
 
 use std::path::Path;
 
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
@@ -21,18 +24,24 @@ use crate::config::ModelFolder;
 use crate::error::{Error, Result};
 use crate::kv_cache::StepPlan;
 use crate::model::DecoderModel;
-use crate::runtime::OrtRuntime;
+use crate::provider::{self, ProviderConfig, ProviderReport};
+use crate::runtime::{self as ort_runtime, OrtRuntime};
 
-/// Session settings. `Default` leaves the thread count to ONNX Runtime.
+/// Session settings. `Default` runs on the CPU and leaves the thread count to ONNX Runtime.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
     /// Intra-op threads; `None` lets ONNX Runtime decide.
     pub threads: Option<usize>,
+    pub provider: ProviderConfig,
 }
 
 impl EngineConfig {
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
+        self
+    }
+    pub fn with_provider(mut self, provider: ProviderConfig) -> Self {
+        self.provider = provider;
         self
     }
 }
@@ -73,8 +82,11 @@ pub struct OnnxDecoder {
     logit_rows: usize,
     /// Session input names, in session order (bound by name every step).
     input_names: Vec<String>,
-    /// Where ONNX Runtime allocates the logits of a bound run.
+    /// Where ONNX Runtime allocates the logits of a bound run (pinned host memory on a GPU).
     cpu_output: MemoryInfo<'static>,
+    /// Device memory for the shared KV buffers on CUDA/TensorRT; `None` on the CPU.
+    kv_allocator: Option<Allocator>,
+    report: ProviderReport,
 }
 
 fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
@@ -91,12 +103,7 @@ impl OnnxDecoder {
         config: &EngineConfig,
     ) -> Result<OnnxDecoder> {
         let path = folder.model_path();
-        let session = build_session(runtime, &path, config).map_err(|e| {
-            Error::load(
-                &path,
-                format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
-            )
-        })?;
+        let (session, report) = build_session(runtime, folder, &path, config)?;
         let d = &folder.genai.model.decoder;
         let names = &d.inputs;
         let layer_names = |pattern: &str, i: usize| pattern.replace("%d", &i.to_string());
@@ -200,13 +207,41 @@ impl OnnxDecoder {
                 AllocatorType::Device,
                 MemoryType::CPUOutput,
             )?,
+            kv_allocator: None,
+            report,
         };
+        if engine.report.provider.is_gpu() {
+            let device = engine.report.device_id.unwrap_or(0);
+            engine.cpu_output = MemoryInfo::new(
+                AllocationDevice::CUDA_PINNED,
+                0,
+                AllocatorType::Device,
+                MemoryType::CPUOutput,
+            )?;
+            if matches!(engine.kv, KvStorage::Shared { .. }) {
+                let on_device = MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    device,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )?;
+                engine.kv_allocator = Some(Allocator::new(&engine.session, on_device)?);
+            }
+        }
         engine.reset_past()?;
         Ok(engine)
     }
 
+    /// The provider running the graph and where its nodes went.
+    pub fn provider_report(&self) -> &ProviderReport {
+        &self.report
+    }
+
     fn kv_tensors(&self, len: usize) -> Result<Vec<DynTensor>> {
-        let allocator = self.session.allocator();
+        let allocator = self
+            .kv_allocator
+            .as_ref()
+            .unwrap_or_else(|| self.session.allocator());
         (0..self.present_names.len())
             .map(|_| {
                 DynTensor::new(
@@ -395,16 +430,43 @@ impl OnnxDecoder {
     }
 }
 
-fn build_session(runtime: &OrtRuntime, path: &Path, config: &EngineConfig) -> ort::Result<Session> {
-    // ONNX Runtime's own log lines would break the one-line error contract; its errors reach
-    // the user through ours instead.
+fn build_session(
+    runtime: &OrtRuntime,
+    folder: &ModelFolder,
+    path: &Path,
+    config: &EngineConfig,
+) -> Result<(Session, ProviderReport)> {
+    let rejected = |e: String| {
+        Error::load(
+            path,
+            format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
+        )
+    };
+    // Verbose so that the placement summary is logged; the environment's logger drops
+    // everything else (see runtime::capture_log_line).
     let mut builder = Session::builder(&runtime.env)?
-        .with_log_level(ort::logging::LogLevel::Fatal)?
-        .with_optimization_level(GraphOptimizationLevel::All)?;
+        .with_log_level(ort::logging::LogLevel::Verbose)
+        .map_err(|e| rejected(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| rejected(e.to_string()))?;
     if let Some(n) = config.threads {
-        builder = builder.with_intra_threads(n)?;
+        builder = builder
+            .with_intra_threads(n)
+            .map_err(|e| rejected(e.to_string()))?;
     }
-    builder.commit_from_file(path)
+    let available = ort_runtime::available_providers();
+    let (provider, notes) = provider::register(&mut builder, &config.provider, folder, &available)?;
+    ort_runtime::take_placement_log(); // drop lines from earlier sessions
+    let session = builder
+        .commit_from_file(path)
+        .map_err(|e| rejected(e.to_string()))?;
+    let report = ProviderReport {
+        provider,
+        device_id: provider.is_gpu().then_some(config.provider.device_id),
+        notes,
+        placements: provider::parse_placements(&ort_runtime::take_placement_log()),
+    };
+    Ok((session, report))
 }
 
 /// A small integer input allocated by ONNX Runtime's allocator: IoBinding can then hold it

@@ -28,6 +28,7 @@ pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod provider;
 pub mod runtime;
 pub mod sampler;
 pub mod speculative;
@@ -43,6 +44,7 @@ pub use config::{GenerationConfig, ModelFolder};
 pub use engine::EngineConfig;
 pub use error::{Error, Result};
 pub use generate::{Generation, Timings};
+pub use provider::{ArenaExtend, Provider, ProviderChoice, ProviderConfig, ProviderReport};
 pub use stop::FinishReason;
 pub use template::Template;
 
@@ -70,6 +72,10 @@ impl LoadOptions {
     }
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.engine = self.engine.with_threads(threads);
+        self
+    }
+    pub fn with_provider(mut self, provider: ProviderConfig) -> Self {
+        self.engine = self.engine.with_provider(provider);
         self
     }
 }
@@ -113,6 +119,29 @@ impl Aligner {
 
     pub fn runtime(&self) -> &OrtRuntime {
         &self.runtime
+    }
+
+    /// The execution provider actually running the model, and where its nodes went.
+    pub fn provider(&self) -> &ProviderReport {
+        self.engine.provider_report()
+    }
+
+    /// A warning when the folder was exported for other providers than the one in use.
+    pub fn provider_mismatch(&self) -> Option<String> {
+        let intended = self.folder.intended_providers()?;
+        let used = self.provider().provider.name();
+        let fix = if used == "cpu" {
+            "export with --target cpu for the CPU"
+        } else {
+            "export with --precision fp16, or --target cuda for int8/int4"
+        };
+        (!intended.iter().any(|p| p == used)).then(|| {
+            format!(
+                "{} was exported for {}; on {used} it may run slowly or fail ({fix})",
+                self.folder.dir.display(),
+                intended.join(", ")
+            )
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -138,6 +138,7 @@ pub fn load(explicit: Option<&Path>) -> Result<OrtRuntime> {
                 let env = ort::init_from(&path)
                     .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}; {FIX}", path.display())))?
                     .with_name("aligner")
+                    .with_logger(std::sync::Arc::new(capture_log_line))
                     .build()
                     .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}", path.display())))?;
                 return Ok(OrtRuntime { path, version, env });
@@ -149,6 +150,29 @@ pub fn load(explicit: Option<&Path>) -> Result<OrtRuntime> {
         "ONNX Runtime library not found; tried: {}; {FIX}",
         tried.join("; ")
     )))
+}
+
+/// ONNX Runtime's node placement lines ("... placed on [X]. Number of nodes: N") from the
+/// sessions created so far; [`take_placement_log`] drains them.
+static PLACEMENT_LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The environment's logger. ONNX Runtime's own log lines would break the one-line error
+/// contract (its errors reach the user through ours), so everything is dropped except the
+/// placement summary, which says which provider runs how many nodes.
+fn capture_log_line(_: ort::logging::LogLevel, _: &str, _: &str, _: &str, message: &str) {
+    if message.contains("placed on [") {
+        if let Ok(mut log) = PLACEMENT_LOG.lock() {
+            log.push(message.to_string());
+        }
+    }
+}
+
+/// Takes the placement lines logged since the last call.
+pub fn take_placement_log() -> Vec<String> {
+    PLACEMENT_LOG
+        .lock()
+        .map(|mut log| std::mem::take(&mut *log))
+        .unwrap_or_default()
 }
 
 /// Execution providers compiled into the loaded library.

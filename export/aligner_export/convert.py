@@ -77,7 +77,8 @@ def convert(
         g.save(tmp / "model.onnx", f"aligner_export {__version__}", {"source": src.name, "precision": quant.precision})
         provenance = {"source": src.name, "source_sha256": ckpt.sha256(), "precision": quant.precision}
         if quant.quantized:
-            provenance.update({"bits": quant.bits, "block_size": quant.block_size, "accuracy_level": quant.accuracy_level})
+            provenance.update({"bits": quant.bits, "block_size": quant.block_size, "accuracy_level": quant.accuracy_level,
+                               "target": quant.target})
         if hasattr(ckpt, "write_tokenizer"):
             provenance.update(ckpt.write_tokenizer(tmp))
             generation = generation_defaults(ckpt.generation)
@@ -88,7 +89,7 @@ def convert(
             generation = generation_defaults({})
         write_json(tmp / "genai_config.json", genai_config(cfg))
         chosen = template or default_template(cfg)
-        write_json(tmp / "aligner.json", aligner_manifest(cfg, chosen, generation, provenance))
+        write_json(tmp / "aligner.json", aligner_manifest(cfg, chosen, generation, provenance, quant.providers))
         if out.exists():
             shutil.rmtree(out)
         tmp.chmod(0o755)

@@ -28,6 +28,7 @@ from .quant import BlockQuantized, quantize_rows
 
 MS = "com.microsoft"
 PRECISIONS = ("int8", "int4", "fp16", "fp32")
+TARGETS = ("cpu", "cuda")
 
 
 @dataclass
@@ -35,10 +36,22 @@ class QuantOptions:
     precision: str = "int8"  # int8 | int4 | fp16 | fp32
     block_size: int = 32
     accuracy_level: int = 4  # MatMulNBits: 0 = fp32 compute, 4 = int8 activations
+    target: str = "cpu"  # cpu | cuda: quantized graphs for CUDA run fp16 activations and KV cache
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ExportError(f"--precision {self.precision} is not supported; use one of: {', '.join(PRECISIONS)}")
+        if self.target not in TARGETS:
+            raise ExportError(f"--target {self.target} is not supported; use one of: {', '.join(TARGETS)}")
+        if self.target == "cuda" and self.precision == "fp32":
+            raise ExportError("--precision fp32 graphs are for the CPU (CUDA's GroupQueryAttention needs fp16); use fp16, int8 or int4 with --target cuda")
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers the folder is built for, recorded in aligner.json."""
+        if self.precision == "fp16":
+            return ["cuda", "tensorrt", "cpu"]
+        return ["cuda"] if self.target == "cuda" else ["cpu"]
 
     @property
     def quantized(self) -> bool:
@@ -49,12 +62,16 @@ class QuantOptions:
         return 4 if self.precision == "int4" else 8
 
     @property
+    def half(self) -> bool:
+        return self.precision == "fp16" or (self.quantized and self.target == "cuda")
+
+    @property
     def float_type(self) -> int:
-        return TensorProto.FLOAT16 if self.precision == "fp16" else TensorProto.FLOAT
+        return TensorProto.FLOAT16 if self.half else TensorProto.FLOAT
 
     @property
     def numpy_float(self) -> type:
-        return np.float16 if self.precision == "fp16" else np.float32
+        return np.float16 if self.half else np.float32
 
 
 class DecoderGraphBuilder:
@@ -87,7 +104,7 @@ class DecoderGraphBuilder:
         g = self.g
         if shared is None:
             b = g.weight(f"{name}.weight_q", qw.data)
-            s = g.weight(f"{name}.scales", qw.scales)
+            s = g.weight(f"{name}.scales", self._float(qw.scales))
             z = g.weight(f"{name}.zero_points", qw.zero_points)
         else:
             b, s, z = shared
@@ -105,13 +122,14 @@ class DecoderGraphBuilder:
         else:
             qw = quantize_rows([table], 8, self.quant.block_size)
             data = g.weight("model.embed_tokens.weight_q", qw.data)
-            scales = g.weight("model.embed_tokens.scales", qw.scales)
+            scales = g.weight("model.embed_tokens.scales", self._float(qw.scales))
             zeros = g.weight("model.embed_tokens.zero_points", qw.zero_points)
             self.embedding_quant = (qw, (data, scales, zeros))
             # Gather the int8 rows and dequantize only those. The [V, K/block, block] table is the
             # one the tied lm_head's MatMulNBits reads, so it is stored once.
-            rows = g.one("Cast", [g.one("Gather", [data, ids], f"{p}/Gather")], f"{p}/CastRows", to=TensorProto.FLOAT)
-            zero = g.one("Cast", [g.one("Gather", [zeros, ids], f"{p}/GatherZeros")], f"{p}/CastZeros", to=TensorProto.FLOAT)
+            ft = self.quant.float_type
+            rows = g.one("Cast", [g.one("Gather", [data, ids], f"{p}/Gather")], f"{p}/CastRows", to=ft)
+            zero = g.one("Cast", [g.one("Gather", [zeros, ids], f"{p}/GatherZeros")], f"{p}/CastZeros", to=ft)
             scale = g.one("Gather", [scales, ids], f"{p}/GatherScales")
             last = g.const_i64("/model/constants/axis_last", [-1])
             centered = g.one("Sub", [rows, g.one("Unsqueeze", [zero, last], f"{p}/UnsqueezeZeros")], f"{p}/Sub")

@@ -75,10 +75,11 @@ def generation_defaults(gen: dict) -> dict:
     return out
 
 
-def aligner_manifest(cfg: ModelConfig, template: str, generation: dict, provenance: dict) -> dict:
+def aligner_manifest(cfg: ModelConfig, template: str, generation: dict, provenance: dict, providers: list[str]) -> dict:
     return {
         "format_version": MANIFEST_VERSION,
         "template": template,
+        "providers": providers,
         "generation": generation,
         "eos_token_ids": cfg.eos_token_ids,
         "provenance": {"exporter": f"aligner_export {__version__}", "architecture": cfg.architecture, **provenance},

@@ -173,3 +173,23 @@ def test_rope_scaling_frequencies_match_transformers(kind):
     cfg = ModelConfig("llama", 1, 512, 4, 4, 128, 1, 1, params["rope_theta"], 1e-6, 16, False, None, [], None)
     cfg.rope_scaling = check_rope_scaling(params)
     np.testing.assert_allclose(inverse_frequencies(cfg), ref[f"{kind}_inv_freq"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("precision, providers", [("int8", ["cpu"]), ("int4", ["cpu"]), ("fp16", ["cuda", "tensorrt", "cpu"]), ("fp32", ["cpu"])])
+def test_manifest_records_the_providers_a_folder_is_for(precision, providers, arch_folders):
+    manifest = json.loads((arch_folders("qwen2", precision) / "aligner.json").read_text())
+    assert manifest["providers"] == providers
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_int4_for_cuda_runs_fp16_activations_and_kv_cache(arch, tmp_path):
+    from aligner_export.convert import convert
+    from aligner_export.decoder_graph import QuantOptions
+
+    folder = convert(hf_fixture(arch), tmp_path / "int4-cuda", QuantOptions("int4", target="cuda"))
+    assert json.loads((folder / "aligner.json").read_text())["providers"] == ["cuda"]
+    run = Runner(folder)
+    assert run.kv_dtype == np.float16
+    types = {i.name: i.type for i in run.session.get_inputs()}
+    assert types["past_key_values.0.key"] == "tensor(float16)"
+    assert agreement(folder, hf_reference(arch)) >= 0.95

@@ -174,3 +174,9 @@ def test_verify_against_a_different_checkpoint_is_refused(tmp_path):
     p = run_cli("verify", str(out), "--against", str(HF / "hf-gemma"))
     assert_one_line_error(p, "was not exported from")
     assert "verification" not in json.loads((out / "aligner.json").read_text())
+
+
+def test_fp32_for_cuda_is_refused(tmp_path):
+    p = run_cli("convert", str(HF / "hf-qwen2"), "--out", str(tmp_path / "out"), "--precision", "fp32", "--target", "cuda")
+    assert_one_line_error(p, "--precision fp32 graphs are for the CPU")
+    assert not (tmp_path / "out").exists()

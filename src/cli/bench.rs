@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use aligner::{Aligner, GenerationConfig};
+use aligner::GenerationConfig;
 
 use super::ModelArgs;
 
@@ -64,7 +64,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let dir = args.model.model_dir()?;
     let t0 = Instant::now();
-    let mut aligner = Aligner::load(&dir, &args.model.load_options())?;
+    let mut aligner = args.model.load(&dir)?;
     let session_start_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
     let mut ids = Vec::new();

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use aligner::{Aligner, Generation};
+use aligner::Generation;
 
 use super::{GenArgs, ModelArgs};
 
@@ -126,11 +126,15 @@ fn run_and_print(
 pub fn correct(args: CorrectArgs) -> Result<()> {
     let answer = read_answer(&args)?;
     let dir = args.model.model_dir()?;
-    let mut aligner = Aligner::load(&dir, &args.model.load_options())?;
+    let mut aligner = args.model.load(&dir)?;
     let template = aligner.template()?;
     let config = args.gen.apply(aligner.generation_defaults());
     config.validate()?;
-    let extra = json!({"template": template.name(), "model": dir.display().to_string()});
+    let extra = json!({
+        "template": template.name(),
+        "model": dir.display().to_string(),
+        "provider": aligner.provider().label(),
+    });
     run_and_print(args.json, extra, |on_text| {
         aligner.correct(&args.question, &answer, &config, on_text)
     })
@@ -149,7 +153,7 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let dir = args.model.model_dir()?;
-    let mut aligner = Aligner::load(&dir, &args.model.load_options())?;
+    let mut aligner = args.model.load(&dir)?;
     let ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), None) => aligner.tokenizer().encode(text)?,
         (None, Some(ids)) => parse_ids(ids)?,
@@ -157,19 +161,19 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     };
     let config = args.gen.apply(aligner.generation_defaults());
     config.validate()?;
-    run_and_print(
-        args.json,
-        json!({"model": dir.display().to_string()}),
-        |on_text| aligner.generate_ids(&ids, &config, on_text),
-    )
+    let extra = json!({"model": dir.display().to_string(), "provider": aligner.provider().label()});
+    run_and_print(args.json, extra, |on_text| {
+        aligner.generate_ids(&ids, &config, on_text)
+    })
 }
 
 pub fn info(args: InfoArgs) -> Result<()> {
     let dir = args.model.model_dir()?;
-    let aligner = Aligner::load(&dir, &args.model.load_options())?;
+    let aligner = args.model.load(&dir)?;
     let folder = aligner.folder();
     let rt = aligner.runtime();
     let providers = aligner::runtime::available_providers();
+    let report = aligner.provider();
     let m = &folder.genai.model;
     let d = &m.decoder;
     let manifest = folder
@@ -190,6 +194,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
         "manifest": manifest,
         "onnxruntime": {"version": rt.version, "path": rt.path.display().to_string()},
         "execution_providers": providers,
+        "provider_in_use": report.label(),
+        "provider_notes": report.notes,
+        "node_placement": report.placements.iter().map(|(ep, n)| json!({"provider": ep, "nodes": n})).collect::<Vec<_>>(),
+        "exported_for": folder.intended_providers(),
     });
     if args.json {
         println!("{v}");
@@ -214,6 +222,23 @@ pub fn info(args: InfoArgs) -> Result<()> {
         }
         println!("onnxruntime:      {} ({})", rt.version, rt.path.display());
         println!("providers:        {}", providers.join(", "));
+        let placed: Vec<String> = report
+            .placements
+            .iter()
+            .map(|(ep, n)| format!("{n} nodes on {ep}"))
+            .collect();
+        println!(
+            "provider in use:  {} ({})",
+            report.label(),
+            if placed.is_empty() {
+                "placement not reported".to_string()
+            } else {
+                placed.join(", ")
+            }
+        );
+        if let Some(intended) = folder.intended_providers() {
+            println!("exported for:     {}", intended.join(", "));
+        }
     }
     Ok(())
 }

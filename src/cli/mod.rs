@@ -3,12 +3,14 @@
 mod bench;
 mod commands;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use aligner::{GenerationConfig, LoadOptions};
+use aligner::{
+    Aligner, ArenaExtend, GenerationConfig, LoadOptions, ProviderChoice, ProviderConfig,
+};
 
 /// The model folder `make model` writes; used when `--model` is not given.
 pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct-int8";
@@ -52,6 +54,30 @@ pub struct ModelArgs {
     /// Prompt template: aligner-v1, aligner-v2, aligner-2b or chatml-correction.
     #[arg(long, value_name = "NAME")]
     pub template: Option<String>,
+    /// Execution provider: cpu, cuda, tensorrt, or auto (TensorRT, then CUDA, then CPU).
+    #[arg(long, value_name = "EP", default_value = "cpu")]
+    pub ep: String,
+    /// When --ep cuda/tensorrt cannot register, run on the CPU (with a warning) instead of failing.
+    #[arg(long)]
+    pub allow_cpu_fallback: bool,
+    /// CUDA device ordinal for cuda and tensorrt.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub device_id: Option<i32>,
+    /// Upper bound of the CUDA memory arena, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub gpu_mem_limit: Option<usize>,
+    /// Grow the CUDA arena by exactly what is requested instead of by powers of two.
+    #[arg(long)]
+    pub arena_same_as_requested: bool,
+    /// Capture CUDA graphs (cuda; needs the graph's shapes to stay fixed).
+    #[arg(long)]
+    pub cuda_graph: bool,
+    /// TensorRT engine and timing cache folder (default: ~/.cache/aligner/tensorrt/MODEL).
+    #[arg(long, value_name = "DIR")]
+    pub trt_cache_dir: Option<PathBuf>,
+    /// Build TensorRT engines without fp16 kernels.
+    #[arg(long)]
+    pub no_trt_fp16: bool,
 }
 
 impl ModelArgs {
@@ -77,8 +103,30 @@ impl ModelArgs {
             })
     }
 
-    pub fn load_options(&self) -> LoadOptions {
-        let mut o = LoadOptions::default();
+    pub fn provider_config(&self) -> Result<ProviderConfig> {
+        let mut p = ProviderConfig::default()
+            .with_choice(self.ep.parse::<ProviderChoice>()?)
+            .with_allow_cpu_fallback(self.allow_cpu_fallback)
+            .with_cuda_graph(self.cuda_graph)
+            .with_trt_fp16(!self.no_trt_fp16);
+        if let Some(id) = self.device_id {
+            p = p.with_device_id(id);
+        }
+        if let Some(limit) = self.gpu_mem_limit {
+            p = p.with_gpu_mem_limit(limit);
+        }
+        if self.arena_same_as_requested {
+            p = p.with_arena_extend(ArenaExtend::SameAsRequested);
+        }
+        if let Some(dir) = &self.trt_cache_dir {
+            p = p.with_trt_cache_dir(dir);
+        }
+        p.validate()?;
+        Ok(p)
+    }
+
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let mut o = LoadOptions::default().with_provider(self.provider_config()?);
         if let Some(p) = &self.ort_lib {
             o = o.with_ort_lib(p);
         }
@@ -88,7 +136,37 @@ impl ModelArgs {
         if let Some(n) = self.threads {
             o = o.with_threads(n);
         }
-        o
+        Ok(o)
+    }
+
+    /// Loads the model and says on stderr how the execution provider was chosen, whenever
+    /// that is not simply the CPU the user asked for.
+    pub fn load(&self, dir: &Path) -> Result<Aligner> {
+        let aligner = Aligner::load(dir, &self.load_options()?)?;
+        let report = aligner.provider();
+        for note in &report.notes {
+            eprintln!("aligner: {note}");
+        }
+        if !report.notes.is_empty() || self.ep.eq_ignore_ascii_case("auto") {
+            eprintln!("aligner: execution provider: {}", report.label());
+        }
+        if report.provider.is_gpu() && report.nodes_elsewhere() > 0 {
+            let placed: Vec<String> = report
+                .placements
+                .iter()
+                .map(|(ep, n)| format!("{n} on {ep}"))
+                .collect();
+            eprintln!(
+                "aligner: {} nodes are not on {}: {}",
+                report.nodes_elsewhere(),
+                report.provider,
+                placed.join(", ")
+            );
+        }
+        if let Some(warning) = aligner.provider_mismatch() {
+            eprintln!("aligner: warning: {warning}");
+        }
+        Ok(aligner)
     }
 }
 

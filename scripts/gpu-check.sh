@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# GPU validation, meant for the GPU machine (CUDA 13 libraries and PyTorch, no network).
+#
+# The bundle made by scripts/gpu-pack.sh travels in parts, one per call to a warm machine:
+#   call k:   carry=[".gpu-parts/bundle.tar.zst.part-0k", ".gpu-parts/PARTS", ".gpu-parts/bundle.sha256"]
+#             command: scripts/gpu-check.sh receive
+#   last:     the same with the last part, then: scripts/gpu-check.sh run
+# (or `scripts/gpu-check.sh receive run` in the call that brings the last part).
+#
+# `run` reassembles and verifies the bundle, installs the onnxruntime-gpu libraries in
+# $STAGE/ort-gpu, then for every model folder runs greedy generation on the CPU, CUDA and
+# TensorRT providers of that same library and compares the tokens:
+#   fp32 folders: the CUDA and TensorRT tokens must equal the CPU tokens exactly;
+#   fp16 folders: the first FP16_PREFIX (16) of 32 tokens must agree (fp16 kernels accumulate
+#                 in different orders, so a later near-tie may legitimately flip);
+#   int8 folders: reported, not asserted (MatMulNBits int8 differs between providers).
+# Finally it prints decode tok/s for CPU, CUDA and TensorRT on the default model (aligner bench).
+# Exit status: 0 when every assertion held.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+STAGE=${STAGE:-$HOME/aligner-gpu}
+FP16_PREFIX=16
+NEW_TOKENS=32
+
+receive() {
+    mkdir -p "$STAGE/parts"
+    local got=0
+    for f in .gpu-parts/bundle.tar.zst.part-* .gpu-parts/PARTS .gpu-parts/bundle.sha256; do
+        [ -f "$f" ] || continue
+        cp "$f" "$STAGE/parts/" && got=$((got + 1))
+    done
+    echo "received $got files; staged: $(ls "$STAGE/parts" | grep -c part-) of $(cat "$STAGE/parts/PARTS" 2>/dev/null | wc -l) parts"
+}
+
+install_bundle() {
+    local parts="$STAGE/parts"
+    [ -f "$parts/PARTS" ] || { echo "error: no parts received; run 'receive' first" >&2; return 1; }
+    while read -r p; do
+        [ -f "$parts/$p" ] || { echo "error: part $p has not arrived yet" >&2; return 1; }
+    done < "$parts/PARTS"
+    (cd "$parts" && xargs cat < PARTS > bundle.tar.zst && sha256sum --check --quiet bundle.sha256) \
+        || { echo "error: the reassembled bundle does not match bundle.sha256" >&2; return 1; }
+    rm -rf "$STAGE/bundle" && mkdir -p "$STAGE/bundle"
+    zstd -q -d -c "$parts/bundle.tar.zst" | tar -C "$STAGE/bundle" -xf -
+    echo "installed: $(ls "$STAGE/bundle/ort-gpu" | tr '\n' ' ')"
+}
+
+tokens() {  # tokens MODEL EP -> space-separated greedy tokens (or FAIL: reason)
+    local out
+    if out=$("$BIN" generate --model "$1" --ep "$2" --ort-lib "$ORT" --prompt "The capital of France is" \
+            --max-new-tokens $NEW_TOKENS --suppress-eos --temperature 0 --json 2>"$STAGE/last.err"); then
+        echo "$out" | python3 -c 'import json,sys; print(" ".join(map(str, json.load(sys.stdin)["tokens"])))'
+    else
+        echo "FAIL: $(tail -1 "$STAGE/last.err")"
+    fi
+}
+
+compare() {  # compare CPU OTHER PRECISION -> prints verdict, returns 1 on a failed assertion
+    python3 - "$1" "$2" "$3" "$FP16_PREFIX" <<'PY'
+import sys
+cpu, other, precision, need = sys.argv[1].split(), sys.argv[2].split(), sys.argv[3], int(sys.argv[4])
+if sys.argv[2].startswith("FAIL"):
+    print(f"  {sys.argv[2]}"); sys.exit(1)
+same = next((i for i, (a, b) in enumerate(zip(cpu, other)) if a != b), min(len(cpu), len(other)))
+verdict = f"common prefix {same}/{len(cpu)}"
+if precision == "fp32":
+    ok = cpu == other
+elif precision == "fp16":
+    ok = same >= need
+else:
+    ok = True; verdict += " (reported only)"
+print(f"  {'ok  ' if ok else 'FAIL'} {verdict}")
+sys.exit(0 if ok else 1)
+PY
+}
+
+run_checks() {
+    install_bundle || return 1
+    BIN="$STAGE/bundle/aligner"
+    ORT="$STAGE/bundle/ort-gpu/libonnxruntime.so.1.31.1"
+    export LD_LIBRARY_PATH="$STAGE/bundle/ort-gpu:${LD_LIBRARY_PATH:-}"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    "$BIN" info --model "$STAGE/bundle/models/tiny-llama-fp32" --ort-lib "$ORT" --ep auto | tail -3
+    local failures=0
+    for model in "$STAGE"/bundle/models/*/; do
+        local name precision cpu
+        name=$(basename "$model")
+        case "$name" in *fp16*) precision=fp16 ;; *fp32*) precision=fp32 ;; *) precision=int8 ;; esac
+        cpu=$(tokens "$model" cpu)
+        for ep in cuda tensorrt; do
+            echo "$name on $ep vs cpu ($precision):"
+            compare "$cpu" "$(tokens "$model" $ep)" "$precision" || failures=$((failures + 1))
+        done
+    done
+    echo "decode speed, default model (64 new tokens after a 122-token prompt, median of 5):"
+    for ep in cpu cuda tensorrt; do
+        "$BIN" bench --model "$STAGE/bundle/models/smollm2-135m-instruct-int8" --ort-lib "$ORT" --ep $ep \
+            --json 2>/dev/null \
+            | python3 -c "import json,sys; v=json.load(sys.stdin); print(f\"  $ep: decode {v['decode_tok_s']:.1f} tok/s, prefill {v['prefill_tok_s']:.0f} tok/s, ttft {v['ttft_ms']:.1f} ms\")" 2>/dev/null \
+            || echo "  $ep: bench failed: $("$BIN" info --model "$STAGE/bundle/models/tiny-llama-fp32" --ort-lib "$ORT" --ep $ep 2>&1 | tail -1 | cut -c1-300)"
+    done
+    echo "assertion failures: $failures"
+    [ "$failures" -eq 0 ]
+}
+
+status=0
+for step in "${@:-run}"; do
+    case "$step" in
+        receive) receive || status=1 ;;
+        run) run_checks || status=1 ;;
+        *) echo "usage: scripts/gpu-check.sh [receive] [run]" >&2; exit 2 ;;
+    esac
+done
+exit $status

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Prepares everything scripts/gpu-check.sh needs on the GPU machine, as compressed parts small
+# enough to travel one per `run` call (the device tool carries at most 64 MiB a call, tracked
+# tree included).
+#
+#   scripts/gpu-pack.sh            # here, after `make test` (needs network access to PyPI)
+#
+# Writes the git-ignored folder .gpu-parts/:
+#   bundle.tar.zst.part-00, -01, ...   ~48 MB each
+#   bundle.sha256                      checksum of the whole bundle, checked after reassembly
+#   PARTS                              the part names, in order
+# The bundle holds:
+#   ort-gpu/        libonnxruntime.so.1.31.1 and the CUDA / TensorRT / shared provider libraries
+#                   from the onnxruntime-gpu==1.31.1 wheel (CUDA 13), pinned by its sha256 below
+#   aligner         the release binary built here
+#   models/         tiny fixtures exported at fp32 and fp16 (the four architectures and the tiny
+#                   Llama GGUF) and the default int8 model
+# Sizes: libonnxruntime.so ~29 MB, libonnxruntime_providers_cuda.so ~284 MB (~186 MB
+# compressed); the whole bundle is about 270 MB, so about 6 parts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHEEL_VERSION=1.31.1
+PART_SIZE=48M
+OUT=.gpu-parts
+WORK=.cache/gpu-bundle
+PY=.venv/bin/python
+EXPORT="env PYTHONPATH=$PWD/export $PY -m aligner_export"
+
+[ -x target/release/aligner ] || { echo "error: target/release/aligner is missing; run make test first" >&2; exit 1; }
+[ -f models/smollm2-135m-instruct-int8/model.onnx ] || { echo "error: the default model is missing; run make model first" >&2; exit 1; }
+
+mkdir -p .cache/ort-gpu
+if ! ls .cache/ort-gpu/onnxruntime_gpu-$WHEEL_VERSION-*.whl >/dev/null 2>&1; then
+    $PY -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        "onnxruntime-gpu==$WHEEL_VERSION" -d .cache/ort-gpu
+fi
+WHEEL=$(ls .cache/ort-gpu/onnxruntime_gpu-$WHEEL_VERSION-*.whl | head -1)
+(cd .cache/ort-gpu && grep " $(basename "$WHEEL")\$" ../../scripts/ort-gpu.sha256 | sha256sum --check --quiet)
+
+rm -rf "$WORK" "$OUT"
+mkdir -p "$WORK/ort-gpu" "$WORK/models" "$OUT"
+$PY - "$WHEEL" "$WORK/ort-gpu" <<'PY'
+import sys, zipfile, pathlib
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        base = name.rsplit("/", 1)[-1]
+        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
+            (dest / base).write_bytes(z.read(name))
+            print("  ", base, z.getinfo(name).file_size // 1_000_000, "MB")
+PY
+cp target/release/aligner "$WORK/aligner"
+cp -r models/smollm2-135m-instruct-int8 "$WORK/models/"
+for p in fp32 fp16; do
+    $EXPORT convert tests/fixtures/tiny-llama/tiny-llama.gguf --out "$WORK/models/tiny-llama-$p" --precision $p --force >/dev/null
+    for arch in llama mistral qwen2 gemma; do
+        $EXPORT convert tests/fixtures/hf-$arch --out "$WORK/models/hf-$arch-$p" --precision $p --force >/dev/null
+    done
+done
+tar -C "$WORK" -cf - . | zstd -q -T0 -10 -o "$OUT/bundle.tar.zst"
+(cd "$OUT" && sha256sum bundle.tar.zst > bundle.sha256 && split -b "$PART_SIZE" -d bundle.tar.zst bundle.tar.zst.part- && rm bundle.tar.zst && ls bundle.tar.zst.part-* > PARTS)
+echo "wrote $(wc -l < "$OUT/PARTS") parts to $OUT/:"
+ls -la "$OUT"

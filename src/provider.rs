@@ -1,0 +1,614 @@
+//! Execution providers: which one runs the graph, its options, and the fallback policy.
+//!
+//! A user who asks for a GPU and silently gets the CPU is the classic complaint against
+//! runtimes built on ONNX Runtime (`with_execution_providers` falls back quietly). Here an
+//! explicit `cuda` or `tensorrt` that cannot register is an [`Error::Provider`] naming the
+//! cause; the CPU is used instead only with `allow_cpu_fallback`, and then the fallback is
+//! reported. `auto` tries TensorRT, then CUDA, then the CPU and reports what it chose and why.
+//!
+//! Which nodes each provider actually took is read from ONNX Runtime's own placement log
+//! (captured by the environment's logger in [`crate::runtime`]), so "TensorRT took 300 of 340
+//! nodes, CUDA the rest" is a measured statement, not a guess.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ort::ep::{ExecutionProvider, TensorRT, CUDA};
+use ort::session::builder::SessionBuilder;
+
+use crate::config::ModelFolder;
+use crate::error::{Error, Result};
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderChoice {
+    #[default]
+    Cpu,
+    Cuda,
+    TensorRt,
+    /// TensorRT, then CUDA, then the CPU: the first that registers.
+    Auto,
+}
+
+impl FromStr for ProviderChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            "tensorrt" | "trt" => Ok(Self::TensorRt),
+            "auto" => Ok(Self::Auto),
+            other => Err(Error::invalid(format!(
+                "unknown execution provider '{other}'; choose cpu, cuda, tensorrt or auto"
+            ))),
+        }
+    }
+}
+
+/// A provider that can actually run the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+impl Provider {
+    /// The short name used on the command line, in `aligner.json` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+        }
+    }
+
+    /// ONNX Runtime's name for it.
+    pub fn ort_name(self) -> &'static str {
+        match self {
+            Provider::Cpu => "CPUExecutionProvider",
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::TensorRt => "TensorrtExecutionProvider",
+        }
+    }
+
+    pub fn is_gpu(self) -> bool {
+        self != Provider::Cpu
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the CUDA memory arena grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArenaExtend {
+    #[default]
+    NextPowerOfTwo,
+    SameAsRequested,
+}
+
+/// Provider selection and options. `Default` is the CPU with no fallback questions to ask.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub choice: ProviderChoice,
+    /// Run on the CPU (and say so) when an explicitly requested GPU provider cannot register.
+    pub allow_cpu_fallback: bool,
+    /// CUDA device ordinal for CUDA and TensorRT.
+    pub device_id: i32,
+    /// Upper bound of the CUDA memory arena in bytes (`None`: ONNX Runtime's default).
+    pub gpu_mem_limit: Option<usize>,
+    pub arena_extend: ArenaExtend,
+    /// CUDA graph capture (ONNX Runtime needs fixed shapes and device-bound inputs for it).
+    pub cuda_graph: bool,
+    /// TensorRT engine and timing caches (`None`: the user cache folder, per model).
+    pub trt_cache_dir: Option<PathBuf>,
+    /// Let TensorRT build fp16 kernels.
+    pub trt_fp16: bool,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            choice: ProviderChoice::Cpu,
+            allow_cpu_fallback: false,
+            device_id: 0,
+            gpu_mem_limit: None,
+            arena_extend: ArenaExtend::NextPowerOfTwo,
+            cuda_graph: false,
+            trt_cache_dir: None,
+            trt_fp16: true,
+        }
+    }
+}
+
+impl ProviderConfig {
+    pub fn with_choice(mut self, choice: ProviderChoice) -> Self {
+        self.choice = choice;
+        self
+    }
+    pub fn with_allow_cpu_fallback(mut self, allow: bool) -> Self {
+        self.allow_cpu_fallback = allow;
+        self
+    }
+    pub fn with_device_id(mut self, id: i32) -> Self {
+        self.device_id = id;
+        self
+    }
+    pub fn with_gpu_mem_limit(mut self, bytes: usize) -> Self {
+        self.gpu_mem_limit = Some(bytes);
+        self
+    }
+    pub fn with_arena_extend(mut self, strategy: ArenaExtend) -> Self {
+        self.arena_extend = strategy;
+        self
+    }
+    pub fn with_cuda_graph(mut self, enable: bool) -> Self {
+        self.cuda_graph = enable;
+        self
+    }
+    pub fn with_trt_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.trt_cache_dir = Some(dir.into());
+        self
+    }
+    pub fn with_trt_fp16(mut self, enable: bool) -> Self {
+        self.trt_fp16 = enable;
+        self
+    }
+
+    /// Checks the options before anything is loaded, so a typo fails fast and clearly.
+    pub fn validate(&self) -> Result<()> {
+        if self.device_id < 0 {
+            return Err(Error::invalid(format!(
+                "device id {} is negative; pass a CUDA device ordinal such as 0",
+                self.device_id
+            )));
+        }
+        if self.gpu_mem_limit == Some(0) {
+            return Err(Error::invalid(
+                "GPU memory limit 0 leaves no room for the model; pass a size in bytes or leave it unset",
+            ));
+        }
+        if let Some(dir) = &self.trt_cache_dir {
+            check_creatable_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The TensorRT cache folder for `folder`: the configured one, or the user cache folder.
+    pub fn trt_cache_for(&self, folder: &ModelFolder) -> PathBuf {
+        if let Some(dir) = &self.trt_cache_dir {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        let name = folder
+            .dir
+            .canonicalize()
+            .unwrap_or_else(|_| folder.dir.clone());
+        let name = name.file_name().map(|n| n.to_string_lossy().into_owned());
+        base.join("aligner")
+            .join("tensorrt")
+            .join(name.unwrap_or_else(|| "model".into()))
+    }
+}
+
+/// The path is a directory, or could become one: its nearest existing ancestor is a directory.
+fn check_creatable_dir(dir: &Path) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::invalid(format!(
+            "TensorRT cache path {} {why}; pass a writable directory with --trt-cache-dir",
+            dir.display()
+        )))
+    };
+    if dir.as_os_str().is_empty() {
+        return bad("is empty");
+    }
+    for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        if ancestor.exists() {
+            if !ancestor.is_dir() {
+                return if ancestor == dir {
+                    bad("is a file, not a directory")
+                } else {
+                    bad(&format!("is under {}, which is a file", ancestor.display()))
+                };
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The provider in use after session creation, and how it came to be chosen.
+#[derive(Debug, Clone)]
+pub struct ProviderReport {
+    pub provider: Provider,
+    pub device_id: Option<i32>,
+    /// Why other providers were passed over (auto, or an allowed CPU fallback).
+    pub notes: Vec<String>,
+    /// Nodes per ONNX Runtime provider, from its placement log.
+    pub placements: Vec<(String, usize)>,
+}
+
+impl ProviderReport {
+    /// "cpu", "cuda:0" or "tensorrt:0".
+    pub fn label(&self) -> String {
+        match self.device_id {
+            Some(id) => format!("{}:{id}", self.provider),
+            None => self.provider.to_string(),
+        }
+    }
+
+    /// Nodes that did not land on the chosen provider (TensorRT -> CUDA, GPU -> CPU).
+    pub fn nodes_elsewhere(&self) -> usize {
+        self.placements
+            .iter()
+            .filter(|(ep, _)| ep != self.provider.ort_name())
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Parses ONNX Runtime's "All nodes placed on [X]. Number of nodes: N" and
+/// "Node(s) placed on [X]. Number of nodes: N" lines.
+pub fn parse_placements(lines: &[String]) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for line in lines {
+        let Some(start) = line.find("placed on [") else {
+            continue;
+        };
+        let rest = &line[start + "placed on [".len()..];
+        let Some(end) = rest.find(']') else { continue };
+        let ep = rest[..end].to_string();
+        let count = rest
+            .rsplit("Number of nodes:")
+            .next()
+            .and_then(|n| n.trim().trim_end_matches('.').parse().ok());
+        if let Some(count) = count {
+            match out.iter_mut().find(|(e, _)| *e == ep) {
+                Some(entry) => entry.1 = count,
+                None => out.push((ep, count)),
+            }
+        }
+    }
+    out
+}
+
+/// Explains a registration failure in the user's terms: library missing, CUDA libraries
+/// missing, no device, or a version mismatch.
+pub fn explain_failure(provider: Provider, available: &[String], message: &str) -> String {
+    let lower = message.to_ascii_lowercase();
+    let fix_build = "install onnxruntime-gpu==1.31.1 (CUDA 13) and point --ort-lib or ORT_DYLIB_PATH at its libonnxruntime.so";
+    if !available.iter().any(|a| a == provider.ort_name()) {
+        return format!(
+            "the loaded ONNX Runtime has no {} (its providers: {}); {fix_build}",
+            provider.ort_name(),
+            available.join(", ")
+        );
+    }
+    // The provider library loads the CUDA libraries, so check for those first: a missing
+    // libcublas surfaces as "Failed to load library libonnxruntime_providers_cuda.so".
+    let cuda_libs = [
+        "libcudart",
+        "libcublas",
+        "libcudnn",
+        "libnvinfer",
+        "libcufft",
+        "libcurand",
+    ];
+    if let Some(lib) = cuda_libs.iter().find(|l| lower.contains(*l)) {
+        format!("CUDA libraries are missing ({lib} cannot be loaded: {message}); install CUDA 13, cuDNN 9 (and TensorRT 10 for tensorrt) or add them to LD_LIBRARY_PATH")
+    } else if lower.contains("libonnxruntime_providers") {
+        format!("the provider library is missing ({message}); {fix_build}")
+    } else if lower.contains("no cuda-capable device")
+        || lower.contains("cudaerrornodevice")
+        || lower.contains("invalid device ordinal")
+    {
+        format!("no usable CUDA device ({message}); check nvidia-smi and --device-id")
+    } else if lower.contains("driver version is insufficient")
+        || lower.contains("version mismatch")
+        || lower.contains("unsupported ptx")
+    {
+        format!("CUDA driver and runtime versions do not match ({message}); update the NVIDIA driver for CUDA 13")
+    } else {
+        format!("{message}; {fix_build}")
+    }
+}
+
+/// TensorRT optimisation profiles for the decoder's dynamic inputs: decode (one token) at the
+/// minimum, a half-full context at the optimum, a full-context prefill at the maximum.
+pub fn trt_profiles(folder: &ModelFolder) -> (String, String, String) {
+    let d = &folder.genai.model.decoder;
+    let ctx = folder.genai.model.context_length.max(2);
+    let shape = |seq: usize, total: usize, past: usize| {
+        let mut parts = vec![
+            format!("{}:1x{seq}", d.inputs.input_ids),
+            format!(
+                "{}:1x{total}",
+                d.inputs
+                    .attention_mask
+                    .as_deref()
+                    .unwrap_or("attention_mask")
+            ),
+        ];
+        for i in 0..d.num_hidden_layers {
+            for pattern in [&d.inputs.past_key_names, &d.inputs.past_value_names] {
+                parts.push(format!(
+                    "{}:1x{}x{past}x{}",
+                    pattern.replace("%d", &i.to_string()),
+                    d.num_key_value_heads,
+                    d.head_size
+                ));
+            }
+        }
+        parts.join(",")
+    };
+    (
+        shape(1, 1, 0),
+        shape(1, ctx / 2, ctx / 2),
+        shape(ctx, ctx, ctx),
+    )
+}
+
+fn register_one(
+    builder: &mut SessionBuilder,
+    provider: Provider,
+    config: &ProviderConfig,
+    folder: &ModelFolder,
+    available: &[String],
+) -> std::result::Result<(), String> {
+    if provider == Provider::Cpu {
+        return Ok(());
+    }
+    if !available.iter().any(|a| a == provider.ort_name()) {
+        return Err(explain_failure(provider, available, ""));
+    }
+    let mut cuda = CUDA::default()
+        .with_device_id(config.device_id)
+        .with_cuda_graph(config.cuda_graph)
+        .with_arena_extend_strategy(match config.arena_extend {
+            ArenaExtend::NextPowerOfTwo => ort::ep::ArenaExtendStrategy::NextPowerOfTwo,
+            ArenaExtend::SameAsRequested => ort::ep::ArenaExtendStrategy::SameAsRequested,
+        });
+    if let Some(limit) = config.gpu_mem_limit {
+        cuda = cuda.with_memory_limit(limit);
+    }
+    if provider == Provider::TensorRt {
+        let cache = config.trt_cache_for(folder);
+        std::fs::create_dir_all(&cache).map_err(|e| {
+            format!(
+                "cannot create the TensorRT cache folder {} ({e}); pass a writable --trt-cache-dir",
+                cache.display()
+            )
+        })?;
+        let (min, opt, max) = trt_profiles(folder);
+        let cache = cache.display().to_string();
+        let trt = TensorRT::default()
+            .with_device_id(config.device_id)
+            .with_fp16(config.trt_fp16)
+            .with_engine_cache(true)
+            .with_engine_cache_path(&cache)
+            .with_timing_cache(true)
+            .with_timing_cache_path(&cache)
+            .with_profile_min_shapes(min)
+            .with_profile_opt_shapes(opt)
+            .with_profile_max_shapes(max);
+        trt.register(builder)
+            .map_err(|e| explain_failure(provider, available, e.message()))?;
+    }
+    // After TensorRT, CUDA takes the nodes TensorRT cannot (our contrib ops among them).
+    cuda.register(builder)
+        .map_err(|e| explain_failure(provider, available, e.message()))
+}
+
+/// Registers the configured provider(s) on `builder`; returns what will run the graph and the
+/// notes on anything passed over.
+pub fn register(
+    builder: &mut SessionBuilder,
+    config: &ProviderConfig,
+    folder: &ModelFolder,
+    available: &[String],
+) -> Result<(Provider, Vec<String>)> {
+    config.validate()?;
+    let order: &[Provider] = match config.choice {
+        ProviderChoice::Cpu => &[Provider::Cpu],
+        ProviderChoice::Cuda => &[Provider::Cuda],
+        ProviderChoice::TensorRt => &[Provider::TensorRt],
+        ProviderChoice::Auto => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu],
+    };
+    let mut notes = Vec::new();
+    for &provider in order {
+        match register_one(builder, provider, config, folder, available) {
+            Ok(()) => return Ok((provider, notes)),
+            Err(reason) if config.choice == ProviderChoice::Auto => {
+                notes.push(format!("{provider} unavailable: {reason}"));
+            }
+            Err(reason) if config.allow_cpu_fallback => {
+                notes.push(format!(
+                    "{provider} unavailable, falling back to cpu (--allow-cpu-fallback): {reason}"
+                ));
+                return Ok((Provider::Cpu, notes));
+            }
+            Err(reason) => {
+                return Err(Error::Provider {
+                    provider: provider.to_string(),
+                    reason: format!("{reason} (or pass --allow-cpu-fallback to run on the CPU)"),
+                })
+            }
+        }
+    }
+    Ok((Provider::Cpu, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_unknown_ones_are_named() {
+        assert_eq!(
+            "CUDA".parse::<ProviderChoice>().unwrap(),
+            ProviderChoice::Cuda
+        );
+        assert_eq!(
+            "trt".parse::<ProviderChoice>().unwrap(),
+            ProviderChoice::TensorRt
+        );
+        assert_eq!(
+            "auto".parse::<ProviderChoice>().unwrap(),
+            ProviderChoice::Auto
+        );
+        let e = "rocm".parse::<ProviderChoice>().unwrap_err().to_string();
+        assert!(
+            e.contains("'rocm'") && e.contains("cpu, cuda, tensorrt or auto"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_rejects_bad_device_ids_limits_and_cache_paths() {
+        let ok = ProviderConfig::default().with_device_id(1);
+        assert!(ok.validate().is_ok());
+        let e = ProviderConfig::default().with_device_id(-1).validate();
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("device id -1 is negative"));
+        let e = ProviderConfig::default().with_gpu_mem_limit(0).validate();
+        assert!(e.unwrap_err().to_string().contains("memory limit 0"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = ProviderConfig::default()
+            .with_trt_cache_dir(&file)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+        let e = ProviderConfig::default()
+            .with_trt_cache_dir(file.join("sub/deeper"))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("which is a file"), "{e}");
+        let fresh = dir.path().join("new/cache");
+        assert!(ProviderConfig::default()
+            .with_trt_cache_dir(&fresh)
+            .validate()
+            .is_ok());
+        assert!(!fresh.exists(), "validation must not create folders");
+    }
+
+    #[test]
+    fn placement_lines_parse() {
+        let lines = vec![
+            " All nodes placed on [CPUExecutionProvider]. Number of nodes: 40".to_string(),
+            "unrelated".to_string(),
+        ];
+        assert_eq!(
+            parse_placements(&lines),
+            vec![("CPUExecutionProvider".to_string(), 40)]
+        );
+        let mixed = vec![
+            " Node(s) placed on [TensorrtExecutionProvider]. Number of nodes: 12".to_string(),
+            " Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 30".to_string(),
+        ];
+        let report = ProviderReport {
+            provider: Provider::TensorRt,
+            device_id: Some(0),
+            notes: vec![],
+            placements: parse_placements(&mixed),
+        };
+        assert_eq!(report.nodes_elsewhere(), 30);
+        assert_eq!(report.label(), "tensorrt:0");
+    }
+
+    #[test]
+    fn tensorrt_profiles_cover_decode_to_full_context_prefill() {
+        let genai: crate::config::GenaiConfig = serde_json::from_value(serde_json::json!({
+            "model": {
+                "context_length": 256, "vocab_size": 10, "eos_token_id": 2, "type": "llama",
+                "decoder": {
+                    "filename": "model.onnx", "head_size": 64, "num_attention_heads": 4,
+                    "num_hidden_layers": 2, "num_key_value_heads": 2, "hidden_size": 256,
+                    "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                               "past_key_names": "past_key_values.%d.key",
+                               "past_value_names": "past_key_values.%d.value"},
+                    "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                                "present_value_names": "present.%d.value"}
+                }
+            }
+        }))
+        .unwrap();
+        let folder = ModelFolder {
+            dir: PathBuf::from("m"),
+            genai,
+            manifest: None,
+        };
+        let (min, opt, max) = trt_profiles(&folder);
+        assert!(min.starts_with("input_ids:1x1,attention_mask:1x1,past_key_values.0.key:1x2x0x64,"));
+        assert!(
+            opt.contains("attention_mask:1x128,")
+                && opt.contains("past_key_values.1.value:1x2x128x64")
+        );
+        assert!(max.starts_with("input_ids:1x256,attention_mask:1x256,"));
+        assert_eq!(max.split(',').count(), 2 + 2 * 2);
+    }
+
+    #[test]
+    fn failures_are_explained_by_cause() {
+        let cpu_only = vec!["CPUExecutionProvider".to_string()];
+        let gpu = vec![
+            "TensorrtExecutionProvider".to_string(),
+            "CUDAExecutionProvider".to_string(),
+            "CPUExecutionProvider".to_string(),
+        ];
+        let m = explain_failure(Provider::Cuda, &cpu_only, "");
+        assert!(
+            m.contains("has no CUDAExecutionProvider") && m.contains("onnxruntime-gpu==1.31.1")
+        );
+        let m = explain_failure(
+            Provider::Cuda,
+            &gpu,
+            // What onnxruntime-gpu 1.31.1 says on a machine without CUDA (seen on this machine).
+            concat!(
+                "provider_bridge_ort.cc:2043 onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : ",
+                "FAIL : Failed to load library /x/libonnxruntime_providers_cuda.so with error: ",
+                "libcublasLt.so.13: cannot open shared object file: No such file or directory"
+            ),
+        );
+        assert!(
+            m.starts_with("CUDA libraries are missing (libcublas cannot be loaded"),
+            "{m}"
+        );
+        let m = explain_failure(
+            Provider::Cuda,
+            &gpu,
+            "Failed to load library libonnxruntime_providers_cuda.so with error: not found",
+        );
+        assert!(m.starts_with("the provider library is missing"), "{m}");
+        let m = explain_failure(
+            Provider::Cuda,
+            &gpu,
+            "CUDA failure 100: no CUDA-capable device is detected",
+        );
+        assert!(m.starts_with("no usable CUDA device"), "{m}");
+        let m = explain_failure(
+            Provider::TensorRt,
+            &gpu,
+            "CUDA driver version is insufficient for CUDA runtime version",
+        );
+        assert!(
+            m.starts_with("CUDA driver and runtime versions do not match"),
+            "{m}"
+        );
+    }
+}
