@@ -13,19 +13,19 @@
 //! On CUDA and TensorRT the shared buffers are allocated on the device, so the cache never
 //! crosses the bus; only the logits come back, into pinned host memory.
 
-use std::path::Path;
-
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session, SessionInputValue};
-use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
+use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 
 use crate::config::ModelFolder;
 use crate::error::{Error, Result};
 use crate::kv_cache::StepPlan;
 use crate::model::DecoderModel;
-use crate::provider::{self, ProviderConfig, ProviderReport};
-use crate::runtime::{self as ort_runtime, OrtRuntime};
+use crate::provider::{ProviderConfig, ProviderReport};
+use crate::runtime::OrtRuntime;
+
+mod session;
+use session::{build_session, int_tensor};
 
 /// Session settings. `Default` runs on the CPU and leaves the thread count to ONNX Runtime.
 #[derive(Debug, Clone, Default)]
@@ -428,69 +428,6 @@ impl OnnxDecoder {
         }
         Ok(())
     }
-}
-
-fn build_session(
-    runtime: &OrtRuntime,
-    folder: &ModelFolder,
-    path: &Path,
-    config: &EngineConfig,
-) -> Result<(Session, ProviderReport)> {
-    let rejected = |e: String| {
-        Error::load(
-            path,
-            format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
-        )
-    };
-    // Verbose so that the placement summary is logged; the environment's logger drops
-    // everything else (see runtime::capture_log_line).
-    let mut builder = Session::builder(&runtime.env)?
-        .with_log_level(ort::logging::LogLevel::Verbose)
-        .map_err(|e| rejected(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| rejected(e.to_string()))?;
-    if let Some(n) = config.threads {
-        builder = builder
-            .with_intra_threads(n)
-            .map_err(|e| rejected(e.to_string()))?;
-    }
-    let available = ort_runtime::available_providers();
-    let (provider, notes) = provider::register(&mut builder, &config.provider, folder, &available)?;
-    ort_runtime::take_placement_log(); // drop lines from earlier sessions
-    let session = builder
-        .commit_from_file(path)
-        .map_err(|e| rejected(e.to_string()))?;
-    let report = ProviderReport {
-        provider,
-        device_id: provider.is_gpu().then_some(config.provider.device_id),
-        notes,
-        placements: provider::parse_placements(&ort_runtime::take_placement_log()),
-    };
-    Ok((session, report))
-}
-
-/// A small integer input allocated by ONNX Runtime's allocator: IoBinding can then hold it
-/// without the defensive copy it makes of tensors that borrow Rust memory.
-fn int_tensor(
-    allocator: &ort::memory::Allocator,
-    dtype: TensorElementType,
-    shape: [usize; 2],
-    values: impl Iterator<Item = i64>,
-) -> Result<DynValue> {
-    Ok(match dtype {
-        TensorElementType::Int32 => {
-            let mut t = Tensor::<i32>::new(allocator, shape)?;
-            let (_, data) = t.extract_tensor_mut();
-            data.iter_mut().zip(values).for_each(|(d, v)| *d = v as i32);
-            t.into_dyn()
-        }
-        _ => {
-            let mut t = Tensor::<i64>::new(allocator, shape)?;
-            let (_, data) = t.extract_tensor_mut();
-            data.iter_mut().zip(values).for_each(|(d, v)| *d = v);
-            t.into_dyn()
-        }
-    })
 }
 
 impl DecoderModel for OnnxDecoder {
