@@ -40,3 +40,13 @@ class FolderRunner:
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.step(ids, self.empty_past())[0]
+
+    def incremental_logits(self, ids: list[int], first: int) -> np.ndarray:
+        """Logits for every position of `ids`, from a `first`-token prefill followed by one
+        token per step through the KV cache (the path generation takes)."""
+        logits, past = self.step(ids[:first], self.empty_past())
+        rows = list(logits)
+        for t in ids[first:]:
+            logits, past = self.step([t], past)
+            rows.append(logits[-1])
+        return np.stack(rows)

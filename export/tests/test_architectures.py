@@ -49,12 +49,7 @@ def test_fp32_export_step_by_step_through_the_kv_cache(arch, arch_folders):
     ref = hf_reference(arch)
     run = Runner(arch_folders(arch, "fp32"))
     ids = ref["prompt_2"].tolist()  # longer than mistral's sliding window of 12
-    logits, past = run.step(ids[:4], run.empty_past())
-    rows = list(logits)
-    for t in ids[4:]:
-        logits, past = run.step([t], past)
-        rows.append(logits[-1])
-    np.testing.assert_allclose(np.stack(rows), ref["logits_2"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run.incremental_logits(ids, 4), ref["logits_2"], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

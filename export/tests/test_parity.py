@@ -31,12 +31,7 @@ def test_tiny_fp32_step_by_step_with_kv_cache_matches_full_prompt(tiny_folders):
     ref = tiny_reference()
     run = Runner(tiny_folders["fp32"])
     ids = ref["prompt_2"].tolist()
-    logits, past = run.step(ids[:5], run.empty_past())
-    rows = list(logits)
-    for t in ids[5:]:
-        logits, past = run.step([t], past)
-        rows.append(logits[-1])
-    np.testing.assert_allclose(np.stack(rows), ref["logits_2"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run.incremental_logits(ids, 5), ref["logits_2"], atol=1e-4, rtol=0)
 
 
 def top1_agreement(a_runner, b_runner, prompts) -> float:

@@ -222,19 +222,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
         }
         println!("onnxruntime:      {} ({})", rt.version, rt.path.display());
         println!("providers:        {}", providers.join(", "));
-        let placed: Vec<String> = report
-            .placements
-            .iter()
-            .map(|(ep, n)| format!("{n} nodes on {ep}"))
-            .collect();
         println!(
             "provider in use:  {} ({})",
             report.label(),
-            if placed.is_empty() {
-                "placement not reported".to_string()
-            } else {
-                placed.join(", ")
-            }
+            report.placement_summary()
         );
         if let Some(intended) = folder.intended_providers() {
             println!("exported for:     {}", intended.join(", "));

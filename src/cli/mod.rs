@@ -151,16 +151,11 @@ impl ModelArgs {
             eprintln!("aligner: execution provider: {}", report.label());
         }
         if report.provider.is_gpu() && report.nodes_elsewhere() > 0 {
-            let placed: Vec<String> = report
-                .placements
-                .iter()
-                .map(|(ep, n)| format!("{n} on {ep}"))
-                .collect();
             eprintln!(
                 "aligner: {} nodes are not on {}: {}",
                 report.nodes_elsewhere(),
                 report.provider,
-                placed.join(", ")
+                report.placement_summary()
             );
         }
         if let Some(warning) = aligner.provider_mismatch() {

@@ -247,6 +247,19 @@ impl ProviderReport {
         }
     }
 
+    /// "12 nodes on TensorrtExecutionProvider, 30 nodes on CUDAExecutionProvider".
+    pub fn placement_summary(&self) -> String {
+        if self.placements.is_empty() {
+            return "placement not reported".into();
+        }
+        let parts: Vec<String> = self
+            .placements
+            .iter()
+            .map(|(ep, n)| format!("{n} nodes on {ep}"))
+            .collect();
+        parts.join(", ")
+    }
+
     /// Nodes that did not land on the chosen provider (TensorRT -> CUDA, GPU -> CPU).
     pub fn nodes_elsewhere(&self) -> usize {
         self.placements
