@@ -82,7 +82,7 @@ impl LoadOptions {
 
 /// A loaded model folder, ready to correct answers.
 pub struct Aligner {
-    runtime: OrtRuntime,
+    runtime: std::sync::Arc<OrtRuntime>,
     folder: ModelFolder,
     tokenizer: Tokenizer,
     engine: OnnxDecoder,
@@ -161,7 +161,8 @@ impl Aligner {
         self.folder.generation_defaults()
     }
 
-    /// Renders the template, then generates the correction, streaming text to `on_text`.
+    /// Renders the template, then generates the correction, streaming text to `on_text`
+    /// (which returns `false` to cancel).
     pub fn correct(
         &mut self,
         question: &str,
@@ -170,6 +171,18 @@ impl Aligner {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let template = self.template()?;
+        self.correct_with_template(template, question, answer, config, on_text)
+    }
+
+    /// [`Aligner::correct`] with a template chosen per call (a server request may name one).
+    pub fn correct_with_template(
+        &mut self,
+        template: Template,
+        question: &str,
+        answer: &str,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         let prompt = template.render(question, answer);
         let mut config = config.clone();
         for s in template.stop_strings() {

@@ -1,6 +1,8 @@
 //! The `aligner` command line. Errors print as one line and exit non-zero.
 
+mod batch;
 mod cli;
+mod server;
 
 use std::process::ExitCode;
 

@@ -128,8 +128,35 @@ fn check_version(version: &str, path: &Path) -> Result<()> {
     }
 }
 
-/// Loads the first usable candidate and creates the ort environment.
-pub fn load(explicit: Option<&Path>) -> Result<OrtRuntime> {
+/// The process's one ONNX Runtime environment (ONNX Runtime allows one per process); every
+/// model loaded later shares it.
+static LOADED: std::sync::Mutex<Option<std::sync::Arc<OrtRuntime>>> = std::sync::Mutex::new(None);
+
+/// Loads ONNX Runtime once per process (the first usable candidate) and returns the shared
+/// environment; a later call naming a different library is an error, not a silent swap.
+pub fn load(explicit: Option<&Path>) -> Result<std::sync::Arc<OrtRuntime>> {
+    let mut loaded = LOADED
+        .lock()
+        .map_err(|_| Error::RuntimeNotFound("ONNX Runtime loader state is poisoned".into()))?;
+    if let Some(rt) = loaded.as_ref() {
+        let same = explicit.is_none_or(|p| p == rt.path);
+        if !same {
+            return Err(Error::RuntimeNotFound(format!(
+                "ONNX Runtime {} is already loaded in this process; cannot also load {}",
+                rt.path.display(),
+                explicit
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        return Ok(std::sync::Arc::clone(rt));
+    }
+    let rt = std::sync::Arc::new(load_new(explicit)?);
+    *loaded = Some(std::sync::Arc::clone(&rt));
+    Ok(rt)
+}
+
+fn load_new(explicit: Option<&Path>) -> Result<OrtRuntime> {
     let mut tried = Vec::new();
     for path in candidate_paths(explicit) {
         match probe_version(&path) {

@@ -173,3 +173,29 @@ fn bad_prompt_ids() {
     ]);
     assert_one_line_error(&o, "outside the vocabulary");
 }
+
+#[test]
+fn batch_with_a_missing_input_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.jsonl");
+    let out = dir.path().join("out.jsonl");
+    let o = run(&["batch", missing.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_one_line_error(&o, "cannot read input");
+    assert!(!out.exists(), "nothing may be written");
+}
+
+#[test]
+fn serve_on_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let o = run(&["serve", "--port", &port]);
+    assert_one_line_error(&o, "is the port taken?");
+}
+
+#[test]
+fn serve_with_bad_settings() {
+    assert_one_line_error(&run(&["serve", "--workers", "0"]), "--workers must be at least 1");
+    assert_one_line_error(&run(&["serve", "--upstream-timeout", "0"]), "--upstream-timeout must be a positive");
+    let o = run(&["serve", "--upstream", "http://127.0.0.1:9", "--upstream-key-env", "ALIGNER_TEST_SURELY_UNSET"]);
+    assert_one_line_error(&o, "ALIGNER_TEST_SURELY_UNSET: the variable is not set");
+}

@@ -36,6 +36,10 @@ enum Command {
     Info(commands::InfoArgs),
     /// Measure prefill and decode speed.
     Bench(bench::BenchArgs),
+    /// Serve corrections over HTTP (OpenAI-compatible, optionally in front of an upstream model).
+    Serve(crate::server::ServeArgs),
+    /// Correct a JSONL file of question/answer rows, resumably (preference data for DPO).
+    Batch(crate::batch::BatchArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -245,6 +249,8 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => commands::generate(a),
         Command::Info(a) => commands::info(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => crate::server::serve(a),
+        Command::Batch(a) => crate::batch::batch(a),
     }
 }
 
