@@ -55,6 +55,47 @@ impl Default for GenerationConfig {
     }
 }
 
+/// Sampling settings to change on top of a [`GenerationConfig`] (from CLI flags or request
+/// fields); `None` keeps the base value.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SamplingOverrides {
+    #[serde(alias = "max_tokens")]
+    pub max_new_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl SamplingOverrides {
+    pub fn apply(&self, mut c: GenerationConfig) -> GenerationConfig {
+        if let Some(v) = self.max_new_tokens {
+            c = c.with_max_new_tokens(v);
+        }
+        if let Some(v) = self.temperature {
+            c = c.with_temperature(v);
+        }
+        if let Some(v) = self.top_k {
+            c = c.with_top_k(v);
+        }
+        if let Some(v) = self.top_p {
+            c = c.with_top_p(v);
+        }
+        if let Some(v) = self.min_p {
+            c = c.with_min_p(v);
+        }
+        if let Some(v) = self.repetition_penalty {
+            c = c.with_repetition_penalty(v);
+        }
+        if let Some(v) = self.seed {
+            c = c.with_seed(v);
+        }
+        c
+    }
+}
+
 impl GenerationConfig {
     pub fn with_max_new_tokens(mut self, n: usize) -> Self {
         self.max_new_tokens = n;

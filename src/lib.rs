@@ -40,7 +40,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{GenerationConfig, ModelFolder};
+pub use config::{GenerationConfig, ModelFolder, SamplingOverrides};
 pub use engine::EngineConfig;
 pub use error::{Error, Result};
 pub use generate::{Generation, Timings};

@@ -194,8 +194,20 @@ fn serve_on_a_taken_port() {
 
 #[test]
 fn serve_with_bad_settings() {
-    assert_one_line_error(&run(&["serve", "--workers", "0"]), "--workers must be at least 1");
-    assert_one_line_error(&run(&["serve", "--upstream-timeout", "0"]), "--upstream-timeout must be a positive");
-    let o = run(&["serve", "--upstream", "http://127.0.0.1:9", "--upstream-key-env", "ALIGNER_TEST_SURELY_UNSET"]);
+    assert_one_line_error(
+        &run(&["serve", "--workers", "0"]),
+        "--workers must be at least 1",
+    );
+    assert_one_line_error(
+        &run(&["serve", "--upstream-timeout", "0"]),
+        "--upstream-timeout must be a positive",
+    );
+    let o = run(&[
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--upstream-key-env",
+        "ALIGNER_TEST_SURELY_UNSET",
+    ]);
     assert_one_line_error(&o, "ALIGNER_TEST_SURELY_UNSET: the variable is not set");
 }

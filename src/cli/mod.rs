@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use aligner::{
     Aligner, ArenaExtend, GenerationConfig, LoadOptions, ProviderChoice, ProviderConfig,
+    SamplingOverrides,
 };
 
 /// The model folder `make model` writes; used when `--model` is not given.
@@ -207,28 +208,17 @@ pub struct GenArgs {
 }
 
 impl GenArgs {
-    pub fn apply(&self, mut c: GenerationConfig) -> GenerationConfig {
-        if let Some(v) = self.max_new_tokens {
-            c = c.with_max_new_tokens(v);
+    pub fn apply(&self, c: GenerationConfig) -> GenerationConfig {
+        let mut c = SamplingOverrides {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
         }
-        if let Some(v) = self.temperature {
-            c = c.with_temperature(v);
-        }
-        if let Some(v) = self.top_k {
-            c = c.with_top_k(v);
-        }
-        if let Some(v) = self.top_p {
-            c = c.with_top_p(v);
-        }
-        if let Some(v) = self.min_p {
-            c = c.with_min_p(v);
-        }
-        if let Some(v) = self.repetition_penalty {
-            c = c.with_repetition_penalty(v);
-        }
-        if let Some(v) = self.seed {
-            c = c.with_seed(v);
-        }
+        .apply(c);
         if let Some(v) = self.max_draft_tokens {
             c = c.with_max_draft_tokens(v);
         }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use aligner::{Generation, GenerationConfig, Template};
+use aligner::{Generation, GenerationConfig, SamplingOverrides, Template};
 
 /// An error answered to the client; the message names the problem and the fix.
 #[derive(Debug)]
@@ -81,14 +81,8 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiErr
 /// Generation options a request may set; unset ones keep the server's defaults.
 #[derive(Debug, Default, Deserialize)]
 pub struct GenerationOptions {
-    #[serde(alias = "max_tokens")]
-    pub max_new_tokens: Option<usize>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub seed: Option<u64>,
+    #[serde(flatten)]
+    pub sampling: SamplingOverrides,
     #[serde(default, deserialize_with = "one_or_many")]
     pub stop: Vec<String>,
     pub template: Option<String>,
@@ -117,29 +111,9 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 impl GenerationOptions {
     pub fn apply(
         &self,
-        mut c: GenerationConfig,
+        c: GenerationConfig,
     ) -> Result<(GenerationConfig, Option<Template>), ApiError> {
-        if let Some(v) = self.max_new_tokens {
-            c = c.with_max_new_tokens(v);
-        }
-        if let Some(v) = self.temperature {
-            c = c.with_temperature(v);
-        }
-        if let Some(v) = self.top_p {
-            c = c.with_top_p(v);
-        }
-        if let Some(v) = self.top_k {
-            c = c.with_top_k(v);
-        }
-        if let Some(v) = self.min_p {
-            c = c.with_min_p(v);
-        }
-        if let Some(v) = self.repetition_penalty {
-            c = c.with_repetition_penalty(v);
-        }
-        if let Some(v) = self.seed {
-            c = c.with_seed(v);
-        }
+        let mut c = self.sampling.apply(c);
         if let Some(v) = self.suppress_eos {
             c = c.with_suppress_eos(v);
         }
