@@ -15,7 +15,7 @@ EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
 # The runtime finds ONNX Runtime in the active Python environment: ours.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: demo test model build venv fixtures-models clean lint bench gpu-pack
+.PHONY: demo test model build venv fixtures-models clean lint bench bench-venv gpu-pack
 
 $(VENV)/.stamp: requirements.txt
 	python3 -m venv $(VENV)
@@ -67,7 +67,19 @@ lint:
 gpu-pack: model build
 	scripts/gpu-pack.sh
 
-bench: model build
+# llama.cpp for the comparison, compiled from llama-cpp-python's source distribution (no CUDA,
+# tuned for this CPU); a separate venv so `make test` never needs a C++ build.
+BENCH_VENV := .venv-bench
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+$(BENCH_VENV)/.stamp: benches/requirements.txt
+	python3 -m venv $(BENCH_VENV)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-binary llama-cpp-python -r benches/requirements.txt
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.stamp
+
+bench: model build bench-venv
 	$(PY) benches/compare.py --model $(DEFAULT_MODEL)
 
 clean:

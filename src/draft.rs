@@ -96,9 +96,51 @@ impl CopyDrafter {
     }
 }
 
+/// Shortest run of tokens that counts as copied in [`copy_fraction`]: shorter common runs are
+/// mostly chance (" the", ".").
+pub const MIN_COPY_SPAN: usize = 3;
+
+/// Fraction of `output` tokens lying in spans of at least [`MIN_COPY_SPAN`] tokens that also
+/// occur, contiguously, in `source`: how much of a correction is copied from the answer, the
+/// quantity that bounds what copy drafts can save.
+pub fn copy_fraction(output: &[u32], source: &[u32]) -> f64 {
+    if output.is_empty() {
+        return 0.0;
+    }
+    let mut covered = vec![false; output.len()];
+    for start in 0..output.len() {
+        let longest = (0..source.len())
+            .map(|j| {
+                output[start..]
+                    .iter()
+                    .zip(&source[j..])
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        if longest >= MIN_COPY_SPAN {
+            covered[start..start + longest].fill(true);
+        }
+    }
+    covered.iter().filter(|&&c| c).count() as f64 / output.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_fraction_counts_tokens_in_long_enough_shared_spans() {
+        let source = [1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(copy_fraction(&[1, 2, 3, 4], &source), 1.0);
+        // "9 9" is new; "1 2" is too short to count; "5 6 7 8" is copied.
+        assert_eq!(copy_fraction(&[9, 9, 1, 2, 5, 6, 7, 8], &source), 0.5);
+        // Spans may come from anywhere in the source, in any order.
+        assert_eq!(copy_fraction(&[6, 7, 8, 1, 2, 3], &source), 1.0);
+        assert_eq!(copy_fraction(&[], &source), 0.0);
+        assert_eq!(copy_fraction(&[1, 2, 3], &[]), 0.0);
+    }
 
     #[test]
     fn starts_at_the_beginning_and_follows_accepted_copies() {

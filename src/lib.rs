@@ -99,9 +99,23 @@ impl Aligner {
             Err(e) if options.template.is_some() => return Err(e),
             Err(_) => None,
         };
-        let tokenizer = Tokenizer::from_file(&folder.tokenizer_path())?;
-        let runtime = runtime::load(options.ort_lib.as_deref())?;
-        let engine = OnnxDecoder::load(&runtime, &folder, &options.engine)?;
+        // The tokenizer (a large JSON file) parses on another core while ONNX Runtime builds
+        // the session: together they are most of a start.
+        let (tokenizer, engine) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| Tokenizer::from_file(&folder.tokenizer_path()));
+            let engine = runtime::load(options.ort_lib.as_deref()).and_then(|runtime| {
+                Ok((
+                    OnnxDecoder::load(&runtime, &folder, &options.engine)?,
+                    runtime,
+                ))
+            });
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|_| Err(Error::Tokenizer("the tokenizer loader panicked".into())));
+            (tokenizer, engine)
+        });
+        let tokenizer = tokenizer?;
+        let (engine, runtime) = engine?;
         let eos_ids = folder.eos_token_ids();
         Ok(Aligner {
             runtime,
@@ -144,6 +158,11 @@ impl Aligner {
         })
     }
 
+    /// Bytes the KV cache needs to hold `positions` positions.
+    pub fn kv_cache_bytes(&self, positions: usize) -> usize {
+        self.engine.kv_bytes_per_position() * positions
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
@@ -183,17 +202,14 @@ impl Aligner {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let prompt = template.render(question, answer);
         let mut config = config.clone();
         for s in template.stop_strings() {
             if !config.stop.iter().any(|x| x == s) {
                 config.stop.push(s.to_string());
             }
         }
-        let ids = self.tokenizer.encode(&prompt)?;
-        self.check_ids(&ids)?;
         // The correction mostly copies the answer: its tokens are the speculative drafts.
-        let answer_ids = self.tokenizer.encode(answer)?;
+        let (ids, answer_ids) = self.correction_ids(template, question, answer)?;
         let (generation, _) = Generator::new(&mut self.engine).generate_with_copy_drafts(
             &self.tokenizer,
             &ids,
@@ -203,6 +219,19 @@ impl Aligner {
             on_text,
         )?;
         Ok(generation)
+    }
+
+    /// The token ids of a correction prompt, and of the answer alone (the copy-draft source),
+    /// so benchmarks can feed other runtimes exactly what [`correct`](Self::correct) runs.
+    pub fn correction_ids(
+        &self,
+        template: Template,
+        question: &str,
+        answer: &str,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let ids = self.tokenizer.encode(&template.render(question, answer))?;
+        self.check_ids(&ids)?;
+        Ok((ids, self.tokenizer.encode(answer)?))
     }
 
     fn check_ids(&self, prompt: &[u32]) -> Result<()> {

@@ -185,6 +185,27 @@ mod tests {
     }
 
     #[test]
+    fn rollback_leaves_the_cache_a_run_without_drafts_had() {
+        // Drafts that diverge mid-way: accepted prefixes, then rejected tails rolled back.
+        let script = chain(30);
+        let cfg = GenerationConfig::default().with_max_new_tokens(16);
+        let (p, plain_model) = plain(&script, 64, &[0], &cfg, &[]);
+        let source = vec![1, 2, 3, 9, 9, 6, 7, 8, 9, 10, 4, 4, 13, 14, 15, 16];
+        let (d, stats, m, _) = drafted(&script, 64, &[0], &source, &cfg, &[]);
+        assert_eq!(d.tokens, p.tokens);
+        assert!(
+            stats.accepted > 0 && stats.accepted < stats.proposed,
+            "{stats:?}"
+        );
+        // Every cache a drafted pass started from is, token for token, the cache the plain
+        // run had at that length.
+        for state in &m.states {
+            let same_len = plain_model.states.iter().find(|s| s.len() == state.len());
+            assert_eq!(Some(state), same_len, "no plain state matches {state:?}");
+        }
+    }
+
+    #[test]
     fn reject_all_still_gives_plain_output() {
         let script = chain(30);
         let cfg = GenerationConfig::default().with_max_new_tokens(12);

@@ -16,7 +16,9 @@ pub enum Template {
     ChatmlCorrection,
 }
 
-const CHATML_SYSTEM: &str = "You are an answer corrector. Rewrite the given answer to the question so that it is correct, helpful, honest and harmless. Keep what is already right, fix what is wrong, and reply with the corrected answer only.";
+// Worded so that a small general instruct model copies the answer and edits it in place, as an
+// Aligner does (benches/README.md measures the copy fraction this gives SmolLM2-135M).
+const CHATML_SYSTEM: &str = "Repeat the answer exactly, but fix any mistake in it and make it helpful, honest and harmless.";
 
 impl Template {
     pub const ALL: [Template; 4] = [

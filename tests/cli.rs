@@ -243,7 +243,8 @@ fn info_reports_manifest_runtime_and_providers() {
 
 #[test]
 fn bench_reports_median_min_max() {
-    let model = tiny_model();
+    // The default model: the built-in correction workload needs its context length.
+    let model = default_model();
     let v = json_of(&[
         "bench",
         "--model",
@@ -258,13 +259,19 @@ fn bench_reports_median_min_max() {
         "0",
         "--threads",
         "1",
+        "--correction-tokens",
+        "4",
+        "--correction-runs",
+        "1",
         "--json",
     ]);
     for key in [
         "prefill_tok_s",
         "decode_tok_s",
         "ttft_ms",
+        "generation_ms",
         "correction_ms",
+        "correction_plain_ms",
         "peak_rss_mb",
         "session_start_ms",
     ] {
@@ -278,6 +285,84 @@ fn bench_reports_median_min_max() {
             "{key}: {min} {med} {max}"
         );
     }
+    assert!(v["model_folder_mb"].as_f64().unwrap() > 0.0);
+    assert!(v["kv_cache_mb"].as_f64().unwrap() > 0.0);
+    let items = v["workload"].as_array().expect("per-pair reports");
+    assert!(items.len() >= 12, "the built-in workload set");
+    for item in items {
+        let copy = item["copy_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&copy), "{item}");
+        assert!(
+            item["prompt_ids"].as_array().unwrap().len()
+                == item["prompt_tokens"].as_u64().unwrap() as usize
+        );
+        assert!(item["identical"].is_boolean() && item["plain_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["drafts_lossless"].is_boolean());
+}
+
+#[test]
+fn bench_rejects_a_malformed_workload_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("w.jsonl");
+    std::fs::write(&bad, "{\"question\": \"q\"}\n").unwrap();
+    let o = run(&[
+        "bench",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--workload",
+        bad.to_str().unwrap(),
+        "--runs",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("line 1") && err.contains("answer"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn graph_cache_is_written_once_then_reused_with_identical_output() {
+    let model = default_model();
+    let cache = tempfile::tempdir().unwrap();
+    let args = |cache_arg: &str| {
+        let mut c = aligner();
+        c.args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "The capital of France is",
+            "--max-new-tokens",
+            "12",
+            "--json",
+            "--graph-cache",
+            cache_arg,
+        ]);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["tokens"].clone()
+    };
+    let dir = cache.path().to_str().unwrap();
+    let first = args(dir);
+    let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1, "one entry, no staging left behind");
+    assert!(entries[0].path().join("model.onnx").is_file());
+    assert!(entries[0].path().join("model.onnx.data").is_file());
+    assert_eq!(args(dir), first, "the cached graph gives the same tokens");
+    assert_eq!(args("off"), first);
+    // A damaged entry is dropped and rebuilt, not fatal.
+    std::fs::write(entries[0].path().join("model.onnx"), b"not a model").unwrap();
+    assert_eq!(args(dir), first);
+    assert!(
+        entries[0]
+            .path()
+            .join("model.onnx")
+            .metadata()
+            .unwrap()
+            .len()
+            > 100
+    );
 }
 
 #[test]

@@ -77,7 +77,7 @@ def convert(
         g.save(tmp / "model.onnx", f"aligner_export {__version__}", {"source": src.name, "precision": quant.precision})
         provenance = {"source": src.name, "source_sha256": ckpt.sha256(), "precision": quant.precision}
         if quant.quantized:
-            provenance.update({"bits": quant.bits, "block_size": quant.block_size, "accuracy_level": quant.accuracy_level,
+            provenance.update({"bits": quant.bits, "block_size": quant.block_size, "accuracy_level": quant.accuracy_level, "symmetric": quant.symmetric,
                                "target": quant.target})
         if hasattr(ckpt, "write_tokenizer"):
             provenance.update(ckpt.write_tokenizer(tmp))

@@ -28,6 +28,7 @@ from .quant import BlockQuantized, quantize_rows
 
 MS = "com.microsoft"
 PRECISIONS = ("int8", "int4", "fp16", "fp32")
+LOGITS_TO_KEEP = "logits_to_keep"
 TARGETS = ("cpu", "cuda")
 
 
@@ -37,6 +38,7 @@ class QuantOptions:
     block_size: int = 32
     accuracy_level: int = 4  # MatMulNBits: 0 = fp32 compute, 4 = int8 activations
     target: str = "cpu"  # cpu | cuda: quantized graphs for CUDA run fp16 activations and KV cache
+    symmetric: bool = False  # True: no zero points (see quant.quantize_blockwise)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -90,7 +92,7 @@ class DecoderGraphBuilder:
         parts make one packed projection (q/k/v, gate/up) without an fp32 concatenation."""
         g = self.g
         if self.quant.quantized:
-            qw = quantize_rows(parts, bits or self.quant.bits, self.quant.block_size)
+            qw = quantize_rows(parts, bits or self.quant.bits, self.quant.block_size, self.quant.symmetric)
             y = self._matmul_nbits(x, qw, name)
         else:
             w = np.concatenate([self._float(p).T for p in parts], axis=1) if len(parts) > 1 else self._float(parts[0]).T
@@ -105,11 +107,12 @@ class DecoderGraphBuilder:
         if shared is None:
             b = g.weight(f"{name}.weight_q", qw.data)
             s = g.weight(f"{name}.scales", self._float(qw.scales))
-            z = g.weight(f"{name}.zero_points", qw.zero_points)
+            z = None if qw.zero_points is None else g.weight(f"{name}.zero_points", qw.zero_points)
         else:
             b, s, z = shared
+        inputs = [x, b, s] if z is None else [x, b, s, z]
         return g.one(
-            "MatMulNBits", [x, b, s, z], name, domain=MS, K=qw.k, N=qw.n, bits=qw.bits,
+            "MatMulNBits", inputs, name, domain=MS, K=qw.k, N=qw.n, bits=qw.bits,
             block_size=qw.block_size, accuracy_level=self.quant.accuracy_level,
         )
 
@@ -120,19 +123,23 @@ class DecoderGraphBuilder:
             w = g.weight("model.embed_tokens.weight", self._float(table))
             out = g.one("Gather", [w, ids], f"{p}/Gather")
         else:
-            qw = quantize_rows([table], 8, self.quant.block_size)
+            qw = quantize_rows([table], 8, self.quant.block_size, self.quant.symmetric)
             data = g.weight("model.embed_tokens.weight_q", qw.data)
             scales = g.weight("model.embed_tokens.scales", self._float(qw.scales))
-            zeros = g.weight("model.embed_tokens.zero_points", qw.zero_points)
+            zeros = None if qw.zero_points is None else g.weight("model.embed_tokens.zero_points", qw.zero_points)
             self.embedding_quant = (qw, (data, scales, zeros))
             # Gather the int8 rows and dequantize only those. The [V, K/block, block] table is the
             # one the tied lm_head's MatMulNBits reads, so it is stored once.
             ft = self.quant.float_type
             rows = g.one("Cast", [g.one("Gather", [data, ids], f"{p}/Gather")], f"{p}/CastRows", to=ft)
-            zero = g.one("Cast", [g.one("Gather", [zeros, ids], f"{p}/GatherZeros")], f"{p}/CastZeros", to=ft)
             scale = g.one("Gather", [scales, ids], f"{p}/GatherScales")
             last = g.const_i64("/model/constants/axis_last", [-1])
-            centered = g.one("Sub", [rows, g.one("Unsqueeze", [zero, last], f"{p}/UnsqueezeZeros")], f"{p}/Sub")
+            if zeros is None:  # symmetric: the implicit zero point 128
+                zero = g.weight("/model/constants/int8_zero_point", self._float(np.array(128.0)))
+            else:
+                gathered = g.one("Cast", [g.one("Gather", [zeros, ids], f"{p}/GatherZeros")], f"{p}/CastZeros", to=ft)
+                zero = g.one("Unsqueeze", [gathered, last], f"{p}/UnsqueezeZeros")
+            centered = g.one("Sub", [rows, zero], f"{p}/Sub")
             scaled = g.one("Mul", [centered, g.one("Unsqueeze", [scale, last], f"{p}/UnsqueezeScales")], f"{p}/Mul")
             shape = g.one("Shape", [ids], f"{p}/Shape")
             hidden = g.const_i64("/model/constants/hidden", [self.cfg.hidden_size])
@@ -178,7 +185,11 @@ class DecoderGraphBuilder:
         for i in range(cfg.num_layers):
             for kind in ("key", "value"):
                 g.add_input(f"past_key_values.{i}.{kind}", ft, ["batch_size", kvh, "past_sequence_length", d])
-        g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
+        # Optional: how many trailing positions get logits. Its initializer (0 = all) is the
+        # default, so runtimes that never feed it (onnxruntime-genai) see the usual graph.
+        g.add_input(LOGITS_TO_KEEP, TensorProto.INT64, [1])
+        g.const_i64(LOGITS_TO_KEEP, [0])
+        g.add_output("logits", TensorProto.FLOAT, ["batch_size", "logits_sequence_length", cfg.vocab_size])
         for i in range(cfg.num_layers):
             for kind in ("key", "value"):
                 g.add_output(f"present.{i}.{kind}", ft, ["batch_size", kvh, "total_sequence_length", d])
@@ -226,6 +237,14 @@ class DecoderGraphBuilder:
 
         final_norm = g.weight("model.norm.weight", self._float(weights("model.norm.weight")))
         normed, _ = self._skip_norm(pending, residual, final_norm, "/model/norm/SkipLayerNorm", eps)
+        # Keep the last `logits_to_keep` positions: Slice from -k (k = 0 slices from 0, all of
+        # them). Prefill then skips the vocabulary projection of every earlier position.
+        normed = g.one(
+            "Slice",
+            [normed, g.one("Neg", [LOGITS_TO_KEEP], "/lm_head/KeepStart"),
+             g.const_i64("/model/constants/int64_max", [np.iinfo(np.int64).max]), g.const_i64("/model/constants/axis1_list", [1])],
+            "/lm_head/KeepLast",
+        )
         logits = self.lm_head(normed, None if cfg.tied_embeddings else weights("lm_head.weight"))
         if self.quant.float_type != TensorProto.FLOAT:
             logits = g.one("Cast", [logits], "/lm_head/CastLogits", to=TensorProto.FLOAT)

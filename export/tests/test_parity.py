@@ -91,3 +91,19 @@ def test_manifests_describe_the_folder(smollm_int8):
     assert manifest["template"] == "chatml-correction"
     prov = manifest["provenance"]
     assert prov["precision"] == "int8" and len(prov["source_sha256"]) == 64
+
+
+def test_logits_to_keep_returns_the_last_rows_and_defaults_to_all(tiny_folders):
+    import onnxruntime as ort
+
+    for precision in ("fp32", "int8"):
+        s = ort.InferenceSession(str(tiny_folders[precision] / "model.onnx"))
+        feeds = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in s.get_inputs() if "past" in i.name}
+        ids = np.array([[1, 5, 9, 14, 3, 7]], np.int64)
+        feeds |= {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        every = s.run(["logits"], feeds)[0]
+        assert every.shape[1] == ids.shape[1], "not fed: logits for every position"
+        for keep in (1, 3, 6):
+            kept = s.run(["logits"], feeds | {"logits_to_keep": np.array([keep], np.int64)})[0]
+            assert kept.shape[1] == keep
+            np.testing.assert_allclose(kept[0], every[0, -keep:], rtol=1e-5, atol=1e-5)

@@ -39,3 +39,14 @@ def test_unpermute_inverts_llama_cpp_permute():
     w = np.arange(n_heads * head_dim * cols, dtype=np.float32).reshape(n_heads * head_dim, cols)
     permuted = w.reshape(n_heads, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(w.shape)
     assert np.array_equal(unpermute_rotary(permuted, n_heads), w)
+
+
+def test_symmetric_blocks_have_no_zero_points_and_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    for bits, tol in ((8, 1 / 127), (4, 1 / 7)):
+        q = quantize_blockwise(w, bits, 32, symmetric=True)
+        assert q.zero_points is None
+        err = np.abs(dequantize_blockwise(q) - w)
+        amax = np.abs(w.reshape(8, 2, 32)).max(axis=2, keepdims=True)
+        assert np.all(err.reshape(8, 2, 32) <= amax * tol / 2 + 1e-6)

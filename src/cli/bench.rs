@@ -3,6 +3,7 @@
 //! EOS is ignored so every run generates exactly `--new-tokens`, and the prompt is cut to
 //! exactly `--prompt-tokens`, so runs (and other runtimes fed the same ids) are comparable.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -11,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use aligner::GenerationConfig;
 
-use super::ModelArgs;
+use super::{bench_corrections, ModelArgs};
 
 const FILLER: &str = "An Aligner reads a question and an answer written by another model and rewrites the answer so that it is more helpful, more honest and less harmful, while keeping everything that was already right. ";
 
@@ -27,6 +28,19 @@ pub struct BenchArgs {
     runs: usize,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Correction workload: JSON lines with "question" and "answer" (default: the built-in
+    /// benches/workloads/corrections.jsonl).
+    #[arg(long, value_name = "PATH")]
+    workload: Option<PathBuf>,
+    /// Token budget of each correction (greedy; the model may stop earlier at EOS).
+    #[arg(long, default_value_t = 160)]
+    correction_tokens: usize,
+    /// Measured runs over the correction workload (each run corrects every pair twice).
+    #[arg(long, default_value_t = 3)]
+    correction_runs: usize,
+    /// Skip the correction workload (prefill/decode figures only).
+    #[arg(long)]
+    no_corrections: bool,
     /// Print the token ids of the prompt used (for feeding other runtimes) and exit.
     #[arg(long)]
     print_prompt_ids: bool,
@@ -34,7 +48,7 @@ pub struct BenchArgs {
     json: bool,
 }
 
-fn stats(values: &mut [f64]) -> (f64, f64, f64) {
+pub(super) fn stats(values: &mut [f64]) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     let median = if n % 2 == 1 {
@@ -43,6 +57,27 @@ fn stats(values: &mut [f64]) -> (f64, f64, f64) {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     };
     (median, values[0], values[n - 1])
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A figure as median, `_min` and `_max` keys.
+fn put(out: &mut Map<String, Value>, key: &str, (median, min, max): (f64, f64, f64)) {
+    out.insert(key.into(), json!(median));
+    out.insert(format!("{key}_min"), json!(min));
+    out.insert(format!("{key}_max"), json!(max));
+}
+
+fn folder_size_mb(dir: &std::path::Path) -> f64 {
+    let bytes: u64 = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    bytes as f64 / MIB
 }
 
 fn peak_rss_mb() -> f64 {
@@ -85,7 +120,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ("prefill_tok_s", vec![]),
         ("decode_tok_s", vec![]),
         ("ttft_ms", vec![]),
-        ("correction_ms", vec![]),
+        ("generation_ms", vec![]),
     ];
     for run in 0..args.warmup + args.runs {
         let g = aligner.generate_ids(&ids, &config, &mut |_| true)?;
@@ -99,17 +134,53 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         series[3].1.push(t.total_ms);
     }
     let mut out = Map::new();
-    let mut put = |key: &str, (median, min, max): (f64, f64, f64)| {
-        out.insert(key.into(), json!(median));
-        out.insert(format!("{key}_min"), json!(min));
-        out.insert(format!("{key}_max"), json!(max));
-    };
     for (key, values) in series.iter_mut() {
-        put(key, stats(values));
+        put(&mut out, key, stats(values));
     }
+    let mut max_positions = args.prompt_tokens + args.new_tokens;
+    if !args.no_corrections {
+        let items = bench_corrections::load_workload(args.workload.as_deref())?;
+        let mut report = bench_corrections::run(
+            &mut aligner,
+            &items,
+            args.correction_tokens,
+            args.warmup,
+            args.correction_runs.max(1),
+        )?;
+        put(&mut out, "correction_ms", stats(&mut report.draft_total_ms));
+        put(
+            &mut out,
+            "correction_plain_ms",
+            stats(&mut report.plain_total_ms),
+        );
+        let (heavy_ratio, heavy_pairs) =
+            bench_corrections::ratio_at_least(&report.items, bench_corrections::COPY_HEAVY)
+                .map_or((Value::Null, 0), |(r, n)| (json!(r), n));
+        out.insert("copy_heavy_draft_over_plain".into(), heavy_ratio);
+        out.insert("copy_heavy_pairs".into(), json!(heavy_pairs));
+        out.insert(
+            "drafts_lossless".into(),
+            json!(report.items.iter().all(|i| i.identical)),
+        );
+        max_positions = report
+            .items
+            .iter()
+            .map(|i| i.prompt_tokens + args.correction_tokens)
+            .fold(max_positions, usize::max);
+        out.insert("workload".into(), serde_json::to_value(&report.items)?);
+    }
+    let folder_mb = folder_size_mb(&dir);
+    let kv_mb = aligner.kv_cache_bytes(max_positions) as f64 / MIB;
+    out.insert("model_folder_mb".into(), json!(folder_mb));
+    out.insert("kv_cache_mb".into(), json!(kv_mb));
     let rss = peak_rss_mb();
-    put("peak_rss_mb", (rss, rss, rss));
+    out.insert(
+        "rss_over_folder_plus_kv".into(),
+        json!(rss / (folder_mb + kv_mb)),
+    );
+    put(&mut out, "peak_rss_mb", (rss, rss, rss));
     put(
+        &mut out,
         "session_start_ms",
         (session_start_ms, session_start_ms, session_start_ms),
     );
@@ -122,26 +193,78 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("{}", Value::Object(out));
     } else {
         println!(
-            "{:<18} {:>10} {:>10} {:>10}",
+            "{:<20} {:>10} {:>10} {:>10}",
             "metric", "median", "min", "max"
         );
         for key in [
             "prefill_tok_s",
             "decode_tok_s",
             "ttft_ms",
+            "generation_ms",
             "correction_ms",
+            "correction_plain_ms",
             "peak_rss_mb",
             "session_start_ms",
         ] {
+            if !out.contains_key(key) {
+                continue;
+            }
             println!(
-                "{key:<18} {:>10.1} {:>10.1} {:>10.1}",
+                "{key:<20} {:>10.1} {:>10.1} {:>10.1}",
                 out[key].as_f64().unwrap_or(0.0),
                 out[&format!("{key}_min")].as_f64().unwrap_or(0.0),
                 out[&format!("{key}_max")].as_f64().unwrap_or(0.0)
             );
         }
+        print_summary(&out);
     }
     Ok(())
+}
+
+/// The lines under the table: memory against its bound, and each workload pair.
+fn print_summary(out: &Map<String, Value>) {
+    let num = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    println!(
+        "peak RSS {:.1} MB = {:.2}x (model folder {:.1} MB + KV cache {:.1} MB)",
+        num("peak_rss_mb"),
+        num("rss_over_folder_plus_kv"),
+        num("model_folder_mb"),
+        num("kv_cache_mb")
+    );
+    let Some(Value::Array(items)) = out.get("workload") else {
+        return;
+    };
+    println!(
+        "\n{:<18} {:>7} {:>6} {:>6} {:>9} {:>9} {:>6} {:>9}",
+        "workload", "kind", "tokens", "copy", "plain ms", "draft ms", "ratio", "accepted"
+    );
+    for item in items {
+        let f = |k: &str| item[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<18} {:>7} {:>6} {:>5.0}% {:>9.1} {:>9.1} {:>5.2}x {:>4}/{:<4}",
+            item["id"].as_str().unwrap_or(""),
+            item["kind"].as_str().unwrap_or(""),
+            f("output_tokens"),
+            f("copy_fraction") * 100.0,
+            f("plain_ms"),
+            f("draft_ms"),
+            f("ratio"),
+            f("accepted"),
+            f("proposed"),
+        );
+    }
+    match out
+        .get("copy_heavy_draft_over_plain")
+        .and_then(Value::as_f64)
+    {
+        Some(r) => println!(
+            "copy-heavy pairs (copy >= {:.0}%): {} of {}, drafted time / plain time = {r:.2}x",
+            bench_corrections::COPY_HEAVY * 100.0,
+            num("copy_heavy_pairs"),
+            items.len()
+        ),
+        None => println!("no pair reached a copy fraction of 70% with this model"),
+    }
 }
 
 #[cfg(test)]

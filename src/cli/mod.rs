@@ -1,6 +1,7 @@
 //! Argument parsing (clap) and the subcommands.
 
 mod bench;
+mod bench_corrections;
 mod commands;
 
 use std::path::{Path, PathBuf};
@@ -9,8 +10,8 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use aligner::{
-    Aligner, ArenaExtend, GenerationConfig, LoadOptions, ProviderChoice, ProviderConfig,
-    SamplingOverrides,
+    provider::user_cache_dir, Aligner, ArenaExtend, GenerationConfig, LoadOptions, ProviderChoice,
+    ProviderConfig, SamplingOverrides,
 };
 
 /// The model folder `make model` writes; used when `--model` is not given.
@@ -83,6 +84,10 @@ pub struct ModelArgs {
     /// Build TensorRT engines without fp16 kernels.
     #[arg(long)]
     pub no_trt_fp16: bool,
+    /// Cache optimized CPU graphs in DIR (`default`: ~/.cache/aligner/graphs) so later starts
+    /// are fast. Opt-in: a cached graph of the tiny int8 test model decodes wrongly (open bug).
+    #[arg(long, value_name = "DIR|default|off", env = "ALIGNER_GRAPH_CACHE")]
+    pub graph_cache: Option<String>,
 }
 
 impl ModelArgs {
@@ -140,6 +145,13 @@ impl ModelArgs {
         }
         if let Some(n) = self.threads {
             o = o.with_threads(n);
+        }
+        match self.graph_cache.as_deref() {
+            None | Some("off") => {}
+            Some("default") => {
+                o.engine = o.engine.with_graph_cache(user_cache_dir().join("graphs"))
+            }
+            Some(dir) => o.engine = o.engine.with_graph_cache(dir),
         }
         Ok(o)
     }

@@ -13,6 +13,8 @@
 //! On CUDA and TensorRT the shared buffers are allocated on the device, so the cache never
 //! crosses the bus; only the logits come back, into pinned host memory.
 
+use std::path::PathBuf;
+
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
@@ -24,6 +26,7 @@ use crate::model::DecoderModel;
 use crate::provider::{ProviderConfig, ProviderReport};
 use crate::runtime::OrtRuntime;
 
+pub mod graph_cache;
 mod session;
 use session::{build_session, int_tensor};
 
@@ -33,9 +36,15 @@ pub struct EngineConfig {
     /// Intra-op threads; `None` lets ONNX Runtime decide.
     pub threads: Option<usize>,
     pub provider: ProviderConfig,
+    /// Folder for optimized CPU graphs (see [`graph_cache`]); `None` optimizes on every start.
+    pub graph_cache: Option<PathBuf>,
 }
 
 impl EngineConfig {
+    pub fn with_graph_cache(mut self, root: impl Into<PathBuf>) -> Self {
+        self.graph_cache = Some(root.into());
+        self
+    }
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
         self
@@ -62,6 +71,8 @@ enum InputRole {
     InputIds,
     AttentionMask(TensorElementType),
     PositionIds(TensorElementType),
+    /// Optional input of our exporter's graphs: logits for only the last k positions.
+    LogitsToKeep,
     Past(usize),
 }
 
@@ -124,6 +135,8 @@ impl OnnxDecoder {
                 InputRole::AttentionMask(ty.unwrap_or(TensorElementType::Int64))
             } else if Some(name) == names.position_ids.as_deref() || name == "position_ids" {
                 InputRole::PositionIds(ty.unwrap_or(TensorElementType::Int64))
+            } else if name == "logits_to_keep" {
+                InputRole::LogitsToKeep
             } else if let Some(&slot) = past_slots.get(name) {
                 kv_dtype = ty;
                 InputRole::Past(slot)
@@ -232,6 +245,16 @@ impl OnnxDecoder {
         Ok(engine)
     }
 
+    /// Bytes the KV cache takes per position (keys and values of every layer).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let element = if self.kv_dtype == TensorElementType::Float16 {
+            2
+        } else {
+            4
+        };
+        self.present_names.len() * self.kv_heads * self.head_size * element
+    }
+
     /// The provider running the graph and where its nodes went.
     pub fn provider_report(&self) -> &ProviderReport {
         &self.report
@@ -302,24 +325,33 @@ impl OnnxDecoder {
     fn step_inputs(&self, tokens: &[u32], plan: StepPlan) -> Result<Vec<(usize, DynValue)>> {
         let n = tokens.len();
         let allocator = self.session.allocator();
-        let mut out = Vec::with_capacity(3);
+        let mut out = Vec::with_capacity(4);
         for (index, role) in self.roles.iter().enumerate() {
             let value = match *role {
                 InputRole::InputIds => int_tensor(
                     allocator,
                     TensorElementType::Int64,
-                    [1, n],
+                    &[1, n],
                     tokens.iter().map(|&t| t as i64),
                 )?,
                 InputRole::AttentionMask(dtype) => int_tensor(
                     allocator,
                     dtype,
-                    [1, plan.total_len()],
+                    &[1, plan.total_len()],
                     std::iter::repeat_n(1, plan.total_len()),
                 )?,
-                InputRole::PositionIds(dtype) => {
-                    int_tensor(allocator, dtype, [1, n], plan.positions().map(|p| p as i64))?
-                }
+                InputRole::PositionIds(dtype) => int_tensor(
+                    allocator,
+                    dtype,
+                    &[1, n],
+                    plan.positions().map(|p| p as i64),
+                )?,
+                InputRole::LogitsToKeep => int_tensor(
+                    allocator,
+                    TensorElementType::Int64,
+                    &[1],
+                    std::iter::once(self.logit_rows as i64),
+                )?,
                 InputRole::Past(_) => continue,
             };
             out.push((index, value));

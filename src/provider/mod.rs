@@ -185,20 +185,25 @@ impl ProviderConfig {
         if let Some(dir) = &self.trt_cache_dir {
             return dir.clone();
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
         let name = folder
             .dir
             .canonicalize()
             .unwrap_or_else(|_| folder.dir.clone());
         let name = name.file_name().map(|n| n.to_string_lossy().into_owned());
-        base.join("aligner")
+        user_cache_dir()
             .join("tensorrt")
             .join(name.unwrap_or_else(|| "model".into()))
     }
+}
+
+/// `$XDG_CACHE_HOME/aligner`, else `~/.cache/aligner`, else the temporary folder.
+pub fn user_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("aligner")
 }
 
 /// The path is a directory, or could become one: its nearest existing ancestor is a directory.

@@ -34,6 +34,9 @@ pub fn tiny_model() -> PathBuf {
 
 pub fn aligner() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_aligner"));
+    // Tests copy model folders around; caching an optimized graph for each copy would only
+    // fill the disk (tests/cli.rs checks the cache on its own folder).
+    c.env("ALIGNER_GRAPH_CACHE", "off");
     c.env("VIRTUAL_ENV", root().join(".venv"))
         .env_remove("ORT_DYLIB_PATH")
         .env_remove("ALIGNER_MODEL")

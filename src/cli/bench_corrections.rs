@@ -1,0 +1,232 @@
+//! The correction half of `aligner bench`: every workload pair is corrected with copy drafts
+//! and without, alternating run by run so that machine noise hits both alike. For each pair it
+//! reports the copy fraction of the model's own correction (how much of it lies in spans copied
+//! from the answer), which bounds what drafting can save.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use aligner::draft::copy_fraction;
+use aligner::{Aligner, GenerationConfig};
+
+/// The committed workload set (benches/workloads/corrections.jsonl), built into the binary so
+/// `aligner bench` measures corrections anywhere.
+const DEFAULT_WORKLOAD: &str = include_str!("../../benches/workloads/corrections.jsonl");
+
+/// Corrections whose copy fraction reaches this count as copy-heavy in the summary.
+pub const COPY_HEAVY: f64 = 0.7;
+
+#[derive(Debug, Deserialize)]
+pub struct WorkloadItem {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub question: String,
+    pub answer: String,
+}
+
+pub fn load_workload(path: Option<&Path>) -> Result<Vec<WorkloadItem>> {
+    let (text, origin) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read workload file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (DEFAULT_WORKLOAD.to_string(), "the built-in workload".into()),
+    };
+    let mut items = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: WorkloadItem = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!(
+                "{origin} line {}: {e}; each line must be a JSON object with \"question\" and \"answer\" strings",
+                n + 1
+            )
+        })?;
+        items.push(item);
+    }
+    if items.is_empty() {
+        bail!("{origin} holds no question/answer pairs; add JSON lines with \"question\" and \"answer\"");
+    }
+    Ok(items)
+}
+
+/// One pair's figures. Times are medians over the measured runs.
+#[derive(Debug, Serialize)]
+pub struct ItemReport {
+    pub id: String,
+    pub kind: String,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub copy_fraction: f64,
+    pub plain_ms: f64,
+    pub draft_ms: f64,
+    /// draft_ms / plain_ms.
+    pub ratio: f64,
+    pub passes: usize,
+    pub proposed: usize,
+    pub accepted: usize,
+    /// Drafted output equals plain greedy output token for token (it must).
+    pub identical: bool,
+    /// For feeding other runtimes the same work (benches/compare.py).
+    pub prompt_ids: Vec<u32>,
+}
+
+/// Per-run totals over the whole set, and the per-pair reports.
+pub struct CorrectionReport {
+    pub draft_total_ms: Vec<f64>,
+    pub plain_total_ms: Vec<f64>,
+    pub items: Vec<ItemReport>,
+}
+
+pub fn run(
+    aligner: &mut Aligner,
+    items: &[WorkloadItem],
+    max_new_tokens: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<CorrectionReport> {
+    let template = aligner.template()?;
+    let base = GenerationConfig::default().with_max_new_tokens(max_new_tokens);
+    let plain_config = base.clone().with_copy_drafts(false);
+    let mut times = vec![(Vec::new(), Vec::new()); items.len()];
+    let mut report = CorrectionReport {
+        draft_total_ms: Vec::new(),
+        plain_total_ms: Vec::new(),
+        items: Vec::new(),
+    };
+    let mut outputs = Vec::new();
+    for run in 0..warmup + runs {
+        let (mut draft_total, mut plain_total) = (0.0, 0.0);
+        for (i, item) in items.iter().enumerate() {
+            let mut correct = |config: &GenerationConfig| {
+                aligner.correct_with_template(
+                    template,
+                    &item.question,
+                    &item.answer,
+                    config,
+                    &mut |_| true,
+                )
+            };
+            // Alternate which goes first so neither always runs on a warmer cache.
+            let (plain, drafted) = if run % 2 == 0 {
+                let p = correct(&plain_config)?;
+                (p, correct(&base)?)
+            } else {
+                let d = correct(&base)?;
+                (correct(&plain_config)?, d)
+            };
+            if run >= warmup {
+                times[i].0.push(plain.timings.total_ms);
+                times[i].1.push(drafted.timings.total_ms);
+                plain_total += plain.timings.total_ms;
+                draft_total += drafted.timings.total_ms;
+            }
+            if run == 0 {
+                outputs.push((plain, drafted));
+            }
+        }
+        if run >= warmup {
+            report.plain_total_ms.push(plain_total);
+            report.draft_total_ms.push(draft_total);
+        }
+    }
+    for ((item, (plain, drafted)), (plain_ms, draft_ms)) in items.iter().zip(outputs).zip(times) {
+        let (prompt_ids, answer_ids) =
+            aligner.correction_ids(template, &item.question, &item.answer)?;
+        let stats = drafted.drafts.unwrap_or_default();
+        let (plain_ms, draft_ms) = (median(plain_ms), median(draft_ms));
+        report.items.push(ItemReport {
+            id: item.id.clone().unwrap_or_default(),
+            kind: item.kind.clone().unwrap_or_default(),
+            prompt_tokens: prompt_ids.len(),
+            output_tokens: plain.tokens.len(),
+            copy_fraction: copy_fraction(&plain.tokens, &answer_ids),
+            plain_ms,
+            draft_ms,
+            ratio: draft_ms / plain_ms,
+            passes: stats.passes,
+            proposed: stats.proposed,
+            accepted: stats.accepted,
+            identical: plain.tokens == drafted.tokens,
+            prompt_ids,
+        });
+    }
+    Ok(report)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    super::bench::stats(&mut values).0
+}
+
+/// Summed draft time over summed plain time for the pairs at or above `min_copy`, with how
+/// many pairs that is (0 pairs gives `None`).
+pub fn ratio_at_least(items: &[ItemReport], min_copy: f64) -> Option<(f64, usize)> {
+    let chosen: Vec<&ItemReport> = items
+        .iter()
+        .filter(|i| i.copy_fraction >= min_copy)
+        .collect();
+    let plain: f64 = chosen.iter().map(|i| i.plain_ms).sum();
+    let draft: f64 = chosen.iter().map(|i| i.draft_ms).sum();
+    (!chosen.is_empty()).then(|| (draft / plain, chosen.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_workload_parses_and_has_both_kinds() {
+        let items = load_workload(None).unwrap();
+        assert!(items.len() >= 12);
+        assert!(items.iter().any(|i| i.kind.as_deref() == Some("copy")));
+        assert!(items.iter().any(|i| i.kind.as_deref() == Some("rewrite")));
+    }
+
+    #[test]
+    fn bad_workload_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.jsonl");
+        std::fs::write(
+            &path,
+            "{\"question\": \"q\", \"answer\": \"a\"}\n{\"question\": 1}\n",
+        )
+        .unwrap();
+        let err = load_workload(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    fn item(copy: f64, plain: f64, draft: f64) -> ItemReport {
+        ItemReport {
+            id: String::new(),
+            kind: String::new(),
+            prompt_tokens: 0,
+            output_tokens: 0,
+            copy_fraction: copy,
+            plain_ms: plain,
+            draft_ms: draft,
+            ratio: draft / plain,
+            passes: 0,
+            proposed: 0,
+            accepted: 0,
+            identical: true,
+            prompt_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn copy_heavy_ratio_sums_only_the_chosen_pairs() {
+        let items = [
+            item(0.9, 100.0, 40.0),
+            item(0.2, 100.0, 100.0),
+            item(0.7, 300.0, 120.0),
+        ];
+        assert_eq!(ratio_at_least(&items, 0.7), Some((160.0 / 400.0, 2)));
+        assert_eq!(ratio_at_least(&items, 0.95), None);
+    }
+}
