@@ -15,7 +15,7 @@ EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
 # The runtime finds ONNX Runtime in the active Python environment: ours.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: demo test model build venv fixtures-models clean lint bench bench-venv gpu-pack
+.PHONY: demo test model build venv fixtures-models clean lint bench bench-venv gpu-pack soak
 
 $(VENV)/.stamp: requirements.txt
 	python3 -m venv $(VENV)
@@ -58,6 +58,11 @@ demo: model build
 test: model fixtures-models build
 	cargo test --release --locked
 	$(PY) -m pytest -q export/tests tests/python
+
+# The soak test at its long setting (make test runs it for 15 s).
+SOAK_SECS ?= 600
+soak: model build
+	ALIGNER_SOAK_SECS=$(SOAK_SECS) cargo test --release --locked --test soak -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

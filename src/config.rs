@@ -1,12 +1,14 @@
-//! Configuration: generation settings, and the model folder's two manifests
-//! (`genai_config.json` in onnxruntime-genai's format, `aligner.json` of ours).
-
-use std::path::{Path, PathBuf};
+//! Configuration: generation settings. The model folder and its manifests live in
+//! [`crate::folder`] and are re-exported here.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::template::Template;
+
+pub use crate::folder::{
+    AlignerManifest, GenaiConfig, GenaiDecoder, GenaiInputs, GenaiModel, GenaiOutputs, GenaiSearch,
+    ModelFolder, OneOrMany, MANIFEST_FORMAT_VERSION, MANIFEST_MAX_BYTES,
+};
 
 /// How to generate. Build with `Default` and the `with_*` setters; [`validate`](Self::validate)
 /// runs before any generation.
@@ -34,7 +36,14 @@ pub struct GenerationConfig {
     pub copy_drafts: bool,
     /// Upper bound of the adaptive draft length.
     pub max_draft_tokens: usize,
+    /// Longest prompt accepted, in tokens (`None`: whatever the context holds). A server sets
+    /// it so that one request cannot hold a worker for a very long prompt pass.
+    pub max_prompt_tokens: Option<usize>,
 }
+
+/// Temperatures below this sample greedily: dividing logits by 1e-40 overflows to infinities
+/// and NaNs, and any temperature this small is greedy in effect anyway.
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-4;
 
 impl Default for GenerationConfig {
     fn default() -> Self {
@@ -51,6 +60,7 @@ impl Default for GenerationConfig {
             suppress_eos: false,
             copy_drafts: true,
             max_draft_tokens: 16,
+            max_prompt_tokens: None,
         }
     }
 }
@@ -59,7 +69,7 @@ impl Default for GenerationConfig {
 /// fields); `None` keeps the base value.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SamplingOverrides {
-    #[serde(alias = "max_tokens")]
+    #[serde(alias = "max_tokens", alias = "max_completion_tokens")]
     pub max_new_tokens: Option<usize>,
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
@@ -146,6 +156,10 @@ impl GenerationConfig {
         self.max_draft_tokens = n;
         self
     }
+    pub fn with_max_prompt_tokens(mut self, n: usize) -> Self {
+        self.max_prompt_tokens = Some(n);
+        self
+    }
 
     /// Rejects values that have no meaning, naming the flag and the valid range.
     pub fn validate(&self) -> Result<()> {
@@ -156,7 +170,14 @@ impl GenerationConfig {
         )?;
         check(
             self.temperature.is_finite() && self.temperature >= 0.0,
-            format!("temperature {} must be >= 0 (0 = greedy)", self.temperature),
+            format!(
+                "temperature {} must be >= 0 and finite (0 = greedy)",
+                self.temperature
+            ),
+        )?;
+        check(
+            self.max_prompt_tokens != Some(0),
+            "max_prompt_tokens must be at least 1".into(),
         )?;
         check(
             self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0,
@@ -184,210 +205,6 @@ impl GenerationConfig {
             self.stop.iter().all(|s| !s.is_empty()),
             "stop strings must not be empty".into(),
         )
-    }
-}
-
-/// The subset of `genai_config.json` the runtime needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct GenaiConfig {
-    pub model: GenaiModel,
-    #[serde(default)]
-    pub search: GenaiSearch,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct GenaiSearch {
-    /// The graph accepts one buffer as both past and present KV (GroupQueryAttention's
-    /// shared-buffer mode), so the cache is never copied between steps.
-    #[serde(default)]
-    pub past_present_share_buffer: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GenaiModel {
-    pub bos_token_id: Option<u32>,
-    pub context_length: usize,
-    pub decoder: GenaiDecoder,
-    pub eos_token_id: OneOrMany,
-    pub pad_token_id: Option<u32>,
-    #[serde(rename = "type")]
-    pub model_type: String,
-    pub vocab_size: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GenaiDecoder {
-    pub filename: String,
-    pub head_size: usize,
-    pub num_attention_heads: usize,
-    pub num_hidden_layers: usize,
-    pub num_key_value_heads: usize,
-    pub inputs: GenaiInputs,
-    pub outputs: GenaiOutputs,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GenaiInputs {
-    pub input_ids: String,
-    pub attention_mask: Option<String>,
-    pub position_ids: Option<String>,
-    pub past_key_names: String,
-    pub past_value_names: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GenaiOutputs {
-    pub logits: String,
-    pub present_key_names: String,
-    pub present_value_names: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl OneOrMany {
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            OneOrMany::One(x) => vec![*x],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// `aligner.json`: our manifest. Optional, since onnxruntime-genai's builder does not write it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AlignerManifest {
-    #[serde(default)]
-    pub format_version: u32,
-    pub template: Option<String>,
-    #[serde(default)]
-    pub generation: Option<GenerationConfig>,
-    #[serde(default)]
-    pub eos_token_ids: Vec<u32>,
-    #[serde(default)]
-    pub provenance: serde_json::Value,
-    /// Execution providers the folder was exported for ("cpu", "cuda", "tensorrt").
-    #[serde(default)]
-    pub providers: Vec<String>,
-}
-
-/// A validated model folder: paths and parsed manifests, with no ONNX Runtime involved yet.
-#[derive(Debug, Clone)]
-pub struct ModelFolder {
-    pub dir: PathBuf,
-    pub genai: GenaiConfig,
-    pub manifest: Option<AlignerManifest>,
-}
-
-impl ModelFolder {
-    /// The providers `aligner.json` says the folder was exported for, if it says.
-    pub fn intended_providers(&self) -> Option<&[String]> {
-        self.manifest
-            .as_ref()
-            .map(|m| m.providers.as_slice())
-            .filter(|p| !p.is_empty())
-    }
-
-    pub fn open(dir: impl AsRef<Path>) -> Result<ModelFolder> {
-        let dir = dir.as_ref().to_path_buf();
-        if !dir.is_dir() {
-            return Err(Error::load(
-                &dir,
-                "folder does not exist; run `make model` or pass --model DIR",
-            ));
-        }
-        let genai_path = dir.join("genai_config.json");
-        let text = std::fs::read_to_string(&genai_path).map_err(|_| {
-            Error::load(
-                &dir,
-                "genai_config.json is missing; export the folder with `python -m aligner_export convert`",
-            )
-        })?;
-        let genai: GenaiConfig = serde_json::from_str(&text).map_err(|e| {
-            Error::load(
-                &dir,
-                format!("genai_config.json is invalid ({e}); re-export the folder"),
-            )
-        })?;
-        let d = &genai.model.decoder;
-        if d.num_hidden_layers == 0 || d.head_size == 0 || d.num_key_value_heads == 0 {
-            return Err(Error::load(
-                &dir,
-                "genai_config.json has zero layers, heads or head size; re-export the folder",
-            ));
-        }
-        if genai.model.context_length == 0 || genai.model.vocab_size == 0 {
-            return Err(Error::load(
-                &dir,
-                "genai_config.json has a zero context_length or vocab_size; re-export the folder",
-            ));
-        }
-        let manifest = match std::fs::read_to_string(dir.join("aligner.json")) {
-            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                Error::load(
-                    &dir,
-                    format!("aligner.json is invalid ({e}); re-export the folder"),
-                )
-            })?),
-            Err(_) => None,
-        };
-        for file in [d.filename.as_str(), "tokenizer.json"] {
-            if !dir.join(file).is_file() {
-                return Err(Error::load(
-                    &dir,
-                    format!("{file} is missing; re-export the folder"),
-                ));
-            }
-        }
-        Ok(ModelFolder {
-            dir,
-            genai,
-            manifest,
-        })
-    }
-
-    pub fn model_path(&self) -> PathBuf {
-        self.dir.join(&self.genai.model.decoder.filename)
-    }
-
-    pub fn tokenizer_path(&self) -> PathBuf {
-        self.dir.join("tokenizer.json")
-    }
-
-    /// EOS ids from both manifests, deduplicated.
-    pub fn eos_token_ids(&self) -> Vec<u32> {
-        let mut ids = self.genai.model.eos_token_id.to_vec();
-        if let Some(m) = &self.manifest {
-            ids.extend(&m.eos_token_ids);
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
-    /// The template: an explicit override, else the manifest's; folders without one need `--template`.
-    pub fn template(&self, override_name: Option<&str>) -> Result<Template> {
-        if let Some(name) = override_name {
-            return Template::from_name(name);
-        }
-        match self.manifest.as_ref().and_then(|m| m.template.as_deref()) {
-            Some(name) => Template::from_name(name),
-            None => Err(Error::invalid(
-                "this model folder has no aligner.json naming a prompt template; pass --template (aligner-v1, aligner-v2, aligner-2b or chatml-correction)",
-            )),
-        }
-    }
-
-    /// Generation defaults recorded by the exporter, else the library defaults.
-    pub fn generation_defaults(&self) -> GenerationConfig {
-        self.manifest
-            .as_ref()
-            .and_then(|m| m.generation.clone())
-            .unwrap_or_default()
     }
 }
 
@@ -424,20 +241,5 @@ mod tests {
             .with_stop(["".to_string()])
             .validate()
             .is_err());
-    }
-
-    #[test]
-    fn eos_accepts_one_or_many() {
-        let one: OneOrMany = serde_json::from_str("2").unwrap();
-        let many: OneOrMany = serde_json::from_str("[2, 7]").unwrap();
-        assert_eq!(one.to_vec(), vec![2]);
-        assert_eq!(many.to_vec(), vec![2, 7]);
-    }
-
-    #[test]
-    fn missing_folder_is_a_load_error() {
-        let e = ModelFolder::open("/nonexistent/model").unwrap_err();
-        assert!(matches!(e, Error::Load { .. }));
-        assert!(e.to_string().contains("does not exist"));
     }
 }

@@ -13,6 +13,11 @@ use crate::sampler::Sampler;
 use crate::stop::{FinishReason, StopStrings};
 use crate::tokenizer::{Decode, DecodeStream};
 
+/// Prompt tokens per forward pass. A long prompt runs in chunks so its activation memory stays
+/// bounded (a 4,000-token pass once grew the process by a gigabyte for good) and a caller can
+/// cancel between chunks; prompts up to this length still run in one pass.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// Wall-clock split of one generation, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
@@ -69,7 +74,8 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
     }
 
     /// Generates from `prompt`. `on_text` receives each safe text increment and returns `false`
-    /// to cancel.
+    /// to cancel; between the chunks of a long prompt it is called with an empty piece, so a
+    /// caller can cancel before the first token too.
     pub fn generate(
         &mut self,
         decoder: &impl Decode,
@@ -81,9 +87,10 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         let start = Instant::now();
         let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
         let mut chooser = Chooser::new(config, eos_ids, self.model.vocab_size(), prompt.len());
-        let plan = self.cursor.plan(prompt.len())?;
-        let mut logits = self.model.forward(prompt, plan)?;
-        self.cursor.commit(plan);
+        let Some(mut logits) = self.prefill(prompt, &mut sink)? else {
+            let now = Instant::now();
+            return Ok(sink.finish(FinishReason::Cancelled, start, ms_since(start), now));
+        };
         let prefill_ms = ms_since(start);
         let decode_start = Instant::now();
 
@@ -100,6 +107,30 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
             self.cursor.commit(plan);
         };
         Ok(sink.finish(finish_reason, start, prefill_ms, decode_start))
+    }
+
+    /// Runs the prompt in chunks of [`PREFILL_CHUNK`] tokens and returns the logits of its last
+    /// position, or `None` when the caller cancelled between chunks. Both loops start here.
+    pub(crate) fn prefill(
+        &mut self,
+        prompt: &[u32],
+        sink: &mut TokenSink<'_>,
+    ) -> Result<Option<&mut [f32]>> {
+        let last = prompt.len().saturating_sub(1) / PREFILL_CHUNK;
+        for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+            let plan = self.cursor.plan(chunk.len())?;
+            if i == last {
+                let logits = self.model.forward(chunk, plan)?;
+                self.cursor.commit(plan);
+                return Ok(Some(logits));
+            }
+            self.model.forward(chunk, plan)?;
+            self.cursor.commit(plan);
+            if !sink.still_wanted() {
+                return Ok(None);
+            }
+        }
+        Err(Error::invalid("the prompt encodes to zero tokens"))
     }
 
     /// Validates, resets the cache and sizes it for this sequence.
@@ -121,11 +152,21 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
                 context_length: self.cursor.capacity(),
             });
         }
+        if let Some(limit) = config.max_prompt_tokens.filter(|&l| prompt.len() > l) {
+            return Err(Error::invalid(format!(
+                "the prompt is {} tokens, over this server's limit of {limit} (max_prompt_tokens); shorten the question or answer",
+                prompt.len()
+            )));
+        }
         self.model.truncate_cache(0)?;
         self.cursor.truncate(0);
-        let max_total = (prompt.len() + config.max_new_tokens).min(self.cursor.capacity());
-        self.model.reserve(max_total)?;
-        Ok(TokenSink::new(prompt, config, eos_ids, on_text))
+        // Everything sized per sequence is sized by what the context can hold, never by the
+        // requested budget alone: `max_tokens: 1e12` must not allocate a terabyte.
+        let budget = config
+            .max_new_tokens
+            .min(self.cursor.capacity() - prompt.len());
+        self.model.reserve(prompt.len() + budget)?;
+        Ok(TokenSink::new(prompt, config, budget, eos_ids, on_text))
     }
 
     pub(crate) fn model(&mut self) -> &mut M {
@@ -205,10 +246,11 @@ impl<'c> TokenSink<'c> {
     fn new(
         prompt: &[u32],
         config: &GenerationConfig,
+        budget: usize,
         eos_ids: &'c [u32],
         on_text: &'c mut dyn FnMut(&str) -> bool,
     ) -> Self {
-        let mut history = Vec::with_capacity(prompt.len() + config.max_new_tokens);
+        let mut history = Vec::with_capacity(prompt.len() + budget);
         history.extend_from_slice(prompt);
         TokenSink {
             history,
@@ -219,6 +261,11 @@ impl<'c> TokenSink<'c> {
             stops: StopStrings::new(config.stop.clone()),
             on_text,
         }
+    }
+
+    /// Asks the caller whether to go on, with an empty piece (see [`Generator::generate`]).
+    fn still_wanted(&mut self) -> bool {
+        (self.on_text)("")
     }
 
     pub(crate) fn generated(&self) -> &[u32] {
@@ -407,6 +454,54 @@ mod tests {
             .unwrap();
         assert_eq!(g.finish_reason, FinishReason::Cancelled);
         assert_eq!(g.tokens.len(), 1);
+    }
+
+    #[test]
+    fn a_huge_budget_is_sized_by_the_context_not_allocated() {
+        // Regression: `max_tokens: 1000000000000` aborted the server ("memory allocation of
+        // 4000000000164 bytes failed"), and 2^62 panicked with "capacity overflow".
+        for budget in [1_000_000_000_000usize, 1 << 62, usize::MAX] {
+            let mut m = ScriptedModel::new(vec![1, 2, 3, 4, 5, 6, 7, 0], 8);
+            let cfg = GenerationConfig::default().with_max_new_tokens(budget);
+            let g = run(&mut m, &[0, 0], &cfg, &[]).0.unwrap();
+            assert_eq!(g.finish_reason, FinishReason::ContextFull);
+            assert_eq!(m.reserved, vec![8]);
+        }
+    }
+
+    #[test]
+    fn long_prompts_run_in_chunks_and_can_be_cancelled_between_them() {
+        let n = 2 * PREFILL_CHUNK + 10;
+        let prompt = vec![0u32; n];
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 0], 4096);
+        let cfg = GenerationConfig::default().with_max_new_tokens(2);
+        run(&mut m, &prompt, &cfg, &[]).0.unwrap();
+        let c = PREFILL_CHUNK;
+        assert_eq!(m.calls[..3], [(0, c), (c, c), (2 * c, 10)]);
+
+        // A caller that leaves during the prompt stops it at the next chunk boundary.
+        let mut m = ScriptedModel::new(vec![1, 2, 3, 0], 4096);
+        let mut probes = 0;
+        let g = Generator::new(&mut m)
+            .generate(&Letters, &prompt, &cfg, &[], &mut |piece| {
+                assert!(piece.is_empty());
+                probes += 1;
+                false
+            })
+            .unwrap();
+        assert_eq!(g.finish_reason, FinishReason::Cancelled);
+        assert!(g.tokens.is_empty());
+        assert_eq!(probes, 1);
+        assert_eq!(m.calls, vec![(0, c)]);
+    }
+
+    #[test]
+    fn prompt_token_limit_is_enforced() {
+        let mut m = ScriptedModel::new(vec![0; 4], 64);
+        let cfg = GenerationConfig::default().with_max_prompt_tokens(3);
+        let e = run(&mut m, &[0, 1, 2, 3], &cfg, &[]).0.unwrap_err();
+        assert!(e.to_string().contains("max_prompt_tokens"), "{e}");
+        assert!(m.calls.is_empty());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod config;
 pub mod draft;
 pub mod engine;
 pub mod error;
+pub mod folder;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
@@ -229,9 +230,39 @@ impl Aligner {
         question: &str,
         answer: &str,
     ) -> Result<(Vec<u32>, Vec<u32>)> {
-        let ids = self.tokenizer.encode(&template.render(question, answer))?;
-        self.check_ids(&ids)?;
+        self.check_prompt_bytes(question.len().saturating_add(answer.len()))?;
+        let ids = self.encode_prompt(&template.render(question, answer))?;
         Ok((ids, self.tokenizer.encode(answer)?))
+    }
+
+    /// Tokenizes a prompt, refusing first (by its length in bytes) text that cannot fit the
+    /// context whatever it encodes to: tokenizing 50 MB once took 6.7 GB.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.check_prompt_bytes(text.len())?;
+        let ids = self.tokenizer.encode(text)?;
+        self.check_ids(&ids)?;
+        Ok(ids)
+    }
+
+    /// The longest prompt, in bytes, that could still fit the context (see
+    /// [`Tokenizer::max_token_bytes`]); longer text is refused before it is tokenized.
+    pub fn max_prompt_bytes(&self) -> usize {
+        let tokens = self.folder.genai.model.context_length;
+        // Twice the bound, for normalizers that shorten text before it is split.
+        tokens
+            .saturating_mul(self.tokenizer.max_token_bytes())
+            .saturating_mul(2)
+    }
+
+    fn check_prompt_bytes(&self, bytes: usize) -> Result<()> {
+        let max = self.max_prompt_bytes();
+        if bytes > max {
+            return Err(Error::invalid(format!(
+                "the prompt is {bytes} bytes, more than the model's context of {} tokens can hold (at most {max} bytes); shorten the question or answer",
+                self.folder.genai.model.context_length
+            )));
+        }
+        Ok(())
     }
 
     fn check_ids(&self, prompt: &[u32]) -> Result<()> {

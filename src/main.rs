@@ -9,12 +9,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // A bug must still end in one readable line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let msg = cli::panic_message(info.payload());
         eprintln!("error: internal error ({msg}); please report this with the command you ran");
     }));
     match cli::run() {

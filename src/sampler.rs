@@ -135,7 +135,11 @@ impl Sampler {
     pub fn new(config: &GenerationConfig, vocab_size: usize) -> Self {
         let seed = config.seed.unwrap_or(0);
         Sampler {
-            temperature: config.temperature,
+            temperature: if config.temperature < crate::config::GREEDY_BELOW_TEMPERATURE {
+                0.0
+            } else {
+                config.temperature
+            },
             top_k: config.top_k,
             top_p: config.top_p,
             min_p: config.min_p,
@@ -313,6 +317,24 @@ mod tests {
         let cfg = GenerationConfig::default().with_repetition_penalty(2.0);
         let mut s = Sampler::new(&cfg, 3);
         assert_eq!(s.sample(&mut [1.0, 3.0, 2.9], &[1]), 2);
+    }
+
+    #[test]
+    fn vanishing_temperature_is_greedy_not_garbage() {
+        // Regression: temperature 1e-40 divided the logits into infinities and sampled noise.
+        for t in [1e-40, 1e-30, 1e-6] {
+            let cfg = GenerationConfig::default().with_temperature(t).with_seed(3);
+            let mut s = Sampler::new(&cfg, 100);
+            assert!(s.is_greedy(), "{t}");
+            for _ in 0..10 {
+                assert_eq!(s.sample(&mut noisy_logits(), &[]), 11, "{t}");
+            }
+        }
+        let e = GenerationConfig::default()
+            .with_temperature(f32::INFINITY)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("finite"), "{e}");
     }
 
     #[test]

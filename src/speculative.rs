@@ -51,11 +51,13 @@ impl<M: DecoderModel> Generator<'_, M> {
         let mut chooser = Chooser::new(config, eos_ids, vocab, prompt.len());
         let start = Instant::now();
         let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
-        let plan = self.cursor().plan(prompt.len())?;
-        let logits = self.model().forward(prompt, plan)?;
-        let mut token = chooser.choose(logits, &sink.history);
-        self.cursor().commit(plan);
+        let Some(logits) = self.prefill(prompt, &mut sink)? else {
+            let now = Instant::now();
+            let g = sink.finish(FinishReason::Cancelled, start, ms_since(start), now);
+            return Ok((g, None));
+        };
         let prefill_ms = ms_since(start);
+        let mut token = chooser.choose(logits, &sink.history);
         let decode_start = Instant::now();
 
         let mut drafter = CopyDrafter::new(draft_source.to_vec(), config.max_draft_tokens);

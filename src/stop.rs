@@ -98,10 +98,12 @@ impl StopStrings {
         let mut safe = self.text.len();
         for stop in &self.stops {
             for k in (1..stop.len()).rev() {
+                // Both boundary checks come before any slicing: a stop string such as "é"
+                // has no boundary inside it, and slicing there panics.
                 if self.text.len() >= k
+                    && stop.is_char_boundary(k)
                     && self.text.is_char_boundary(self.text.len() - k)
                     && self.text.ends_with(&stop[..k])
-                    && stop.is_char_boundary(k)
                 {
                     safe = safe.min(self.text.len() - k);
                     break;
@@ -160,6 +162,56 @@ mod tests {
     fn without_stops_everything_passes() {
         let mut s = StopStrings::new(vec![]);
         assert_eq!(s.push("é"), ("é".to_string(), false));
+    }
+
+    #[test]
+    fn multibyte_stop_strings_never_slice_inside_a_character() {
+        // Regression: `"stop": ["é"]` panicked a server worker ("byte index 1 is not a char
+        // boundary") on the first piece.
+        let mut s = StopStrings::new(vec!["é".into(), "日本".into()]);
+        assert_eq!(s.push("caf"), ("caf".to_string(), false));
+        assert_eq!(s.push("日"), (String::new(), false));
+        assert_eq!(s.push("x"), ("日x".to_string(), false));
+        assert_eq!(s.push("aé"), ("a".to_string(), true));
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any UTF-8 text split anywhere, any stop strings (multibyte ones included): no panic,
+        /// the shown text is a prefix of the text, never holds a whole stop string, and is all
+        /// of the text unless a stop string ended it right there.
+        #[test]
+        fn stop_matching_over_arbitrary_utf8(
+            pieces in proptest::collection::vec("\\PC{0,6}|[éa日]{0,4}", 0..12),
+            stops in proptest::collection::vec("\\PC{1,4}|[éa日]{1,3}", 0..4),
+        ) {
+            let full: String = pieces.concat();
+            let mut s = StopStrings::new(stops.clone());
+            let mut shown = String::new();
+            let mut stopped = false;
+            for piece in &pieces {
+                let (out, hit) = s.push(piece);
+                shown.push_str(&out);
+                if hit {
+                    stopped = true;
+                    break;
+                }
+            }
+            if !stopped {
+                shown.push_str(&s.flush());
+                prop_assert_eq!(&shown, &full);
+            } else {
+                prop_assert!(stops.iter().any(|st| full[shown.len()..].starts_with(st.as_str())));
+            }
+            prop_assert!(full.starts_with(&shown));
+            prop_assert_eq!(s.text(), shown.as_str());
+            for st in &stops {
+                prop_assert!(!shown.contains(st.as_str()), "{:?} holds {:?}", shown, st);
+            }
+        }
     }
 
     #[test]

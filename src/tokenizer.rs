@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    max_token_bytes: usize,
 }
 
 impl Tokenizer {
@@ -16,7 +17,25 @@ impl Tokenizer {
                 format!("tokenizer.json cannot be parsed ({e}); re-export the folder"),
             )
         })?;
-        Ok(Tokenizer { inner })
+        // A vocabulary entry is spelled with at least as many bytes as the text it stands for
+        // (byte-level BPE spells one byte as one or two; SentencePiece spells a space as "▁"
+        // and a fallback byte as "<0x41>"), so the longest entry bounds bytes per token.
+        let max_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(Tokenizer {
+            inner,
+            max_token_bytes,
+        })
+    }
+
+    /// The most bytes of text one token can stand for (an upper bound).
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Encodes `text` as-is: templates already spell out any special tokens they need.

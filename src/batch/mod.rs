@@ -9,13 +9,16 @@
 //! Throughput: `--workers` model sessions (default: one per core, one thread each) run rows in
 //! parallel; a feeder thread reads the input and the main thread writes results.
 
+mod input;
 mod resume;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,7 +27,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::cli::{GenArgs, ModelArgs};
+use crate::cli::{cores, usage, GenArgs, ModelArgs};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
@@ -64,6 +67,13 @@ pub struct BatchArgs {
     /// fsync the output every N rows (rows are flushed to the OS as they finish).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sync_every: usize,
+    /// Input rows longer than this are rejected without being read whole.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_row_bytes: usize,
+    /// Stop, changing nothing, when the output holds rows of input lines that have changed
+    /// since (by default they stay, with a warning, and the changed lines are run again).
+    #[arg(long)]
+    pub strict_resume: bool,
 }
 
 /// `i/n` with `i < n`.
@@ -76,7 +86,9 @@ pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
     });
     match parsed {
         Some((i, n)) if n > 0 && i < n => Ok((i, n)),
-        _ => bail!("--shard {text} is not I/N with 0 <= I < N (for example 0/4)"),
+        _ => usage(format!(
+            "--shard {text} is not I/N with 0 <= I < N (for example 0/4)"
+        )),
     }
 }
 
@@ -101,29 +113,9 @@ enum Outcome {
     Reject(Value),
 }
 
-fn reject(line: usize, hash: &str, reason: String, raw: &str) -> Outcome {
-    let raw: String = raw.chars().take(2000).collect();
+fn reject(line: usize, hash: &str, reason: String, raw: &[u8]) -> Outcome {
+    let raw: String = String::from_utf8_lossy(raw).chars().take(2000).collect();
     Outcome::Reject(json!({"reason": reason, "raw": raw, "meta": {"line": line, "hash": hash}}))
-}
-
-/// A task for the line, or the reason it cannot be one.
-fn parse_row(line: usize, text: &str, args: &BatchArgs) -> std::result::Result<Task, String> {
-    let hash = resume::line_hash(text);
-    if text.trim().is_empty() {
-        return Err("empty line".into());
-    }
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let field = |name: &str| match v.get(name) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(format!("field '{name}' is not a string")),
-        None => Err(format!("missing field '{name}'")),
-    };
-    Ok(Task {
-        line,
-        hash,
-        question: field(&args.question_field)?,
-        answer: field(&args.answer_field)?,
-    })
 }
 
 fn format_row(format: Format, task: &Task, g: &aligner::Generation, meta: Value) -> Value {
@@ -143,13 +135,75 @@ fn format_row(format: Format, task: &Task, g: &aligner::Generation, meta: Value)
     }
 }
 
-fn open_append(path: &Path) -> Result<BufWriter<File>> {
-    let f = OpenOptions::new()
+/// Opens `path` for appending under an exclusive lock, held until the run ends, so that two
+/// runs on one output cannot both append (they once duplicated every row).
+fn open_locked(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
-        .with_context(|| format!("cannot open {} for appending", path.display()))?;
-    Ok(BufWriter::new(f))
+        .with_context(|| {
+            format!(
+                "cannot open {} for appending; check that its folder exists and is writable",
+                path.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another aligner batch is writing {} (it holds the file's lock); wait for it to finish, or pick another output",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Refuses an output or rejects file that is the input itself (same file by inode, whatever
+/// the path says): appending would first truncate a torn "row", i.e. the input.
+fn check_not_input(input: &File, files: &[(&File, &Path)], input_path: &Path) -> Result<()> {
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino()));
+    let input_id = id(input)?;
+    for (file, path) in files {
+        if id(file)? == input_id {
+            return usage(format!(
+                "{} is the input file {}; writing there would destroy the input. Pick another output",
+                path.display(),
+                input_path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Line numbers and hashes of this run's input, and how many rows it still has to do.
+struct InputPlan {
+    pending: u64,
+    current: HashSet<(usize, String)>,
+}
+
+fn plan_input(args: &BatchArgs, shard: (usize, usize), done: &resume::Keys) -> Result<InputPlan> {
+    let file = File::open(&args.input)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?;
+    let mut reader = BufReader::new(file);
+    let mut plan = InputPlan {
+        pending: 0,
+        current: HashSet::new(),
+    };
+    let mut number = 0;
+    while let Some(line) = input::next_line(&mut reader, args.max_row_bytes)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?
+    {
+        let key = (number, line.hash);
+        if number % shard.1 == shard.0 && !done.contains(&key) {
+            plan.pending += 1;
+        }
+        plan.current.insert(key);
+        number += 1;
+    }
+    Ok(plan)
 }
 
 pub fn batch(args: BatchArgs) -> Result<()> {
@@ -157,28 +211,50 @@ pub fn batch(args: BatchArgs) -> Result<()> {
         Some(s) => parse_shard(s)?,
         None => (0, 1),
     };
+    if args.workers == Some(0) {
+        return usage("--workers must be at least 1");
+    }
+    if args.max_row_bytes == 0 {
+        return usage("--max-row-bytes must be at least 1");
+    }
+    // A full disk or `ulimit -f` must fail a write with an error we report, not kill us.
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let input = File::open(&args.input)
         .with_context(|| format!("cannot read input {}", args.input.display()))?;
     let rejects = rejects_path(&args.output);
-    let mut done = HashSet::new();
-    let already =
-        resume::collect_done(&args.output, &mut done)? + resume::collect_done(&rejects, &mut done)?;
+    let mut out_file = open_locked(&args.output)?;
+    let mut rej_file = open_locked(&rejects)?;
+    check_not_input(
+        &input,
+        &[(&out_file, &args.output), (&rej_file, &rejects)],
+        &args.input,
+    )?;
+    drop(input);
+    let mut done = resume::resume(&mut out_file, &args.output)?.keys;
+    let rejected_before = resume::resume(&mut rej_file, &rejects)?.keys;
+    done.extend(rejected_before);
+    let already = done.len();
 
-    // First pass: how many rows this run will do, for the progress bar and ETA.
-    let mut pending = 0u64;
-    for (line, text) in BufReader::new(input).lines().enumerate() {
-        let text = text.with_context(|| format!("cannot read input {}", args.input.display()))?;
-        if line % shards == shard && !done.contains(&(line, resume::line_hash(&text))) {
-            pending += 1;
+    let plan = plan_input(&args, (shard, shards), &done)?;
+    let stale = done.iter().filter(|k| !plan.current.contains(k)).count();
+    if stale > 0 {
+        let what = format!(
+            "{stale} row(s) in {} and its rejects come from input lines that have changed or gone since they were written",
+            args.output.display()
+        );
+        if args.strict_resume {
+            return usage(format!("{what}; nothing was done (--strict-resume). Use a new output, or drop --strict-resume to keep them and run the changed lines again"));
         }
+        eprintln!("aligner: warning: {what}; they stay, and the changed lines are run again (--strict-resume stops instead)");
     }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let workers = args.workers.unwrap_or(cores).max(1);
+
+    let workers = args.workers.unwrap_or(cores()).max(1);
     let dir = args.model.model_dir()?;
     let mut model_args = args.model.clone();
-    model_args.threads = Some(args.model.threads.unwrap_or((cores / workers).max(1)));
+    model_args.threads = Some(args.model.threads()?.unwrap_or((cores() / workers).max(1)));
     let models = (0..workers)
         .map(|_| model_args.load(&dir))
         .collect::<Result<Vec<_>>>()?;
@@ -186,7 +262,7 @@ pub fn batch(args: BatchArgs) -> Result<()> {
     config.validate()?;
     let template = models[0].template()?;
 
-    let bar = ProgressBar::with_draw_target(Some(pending), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(plan.pending), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -212,25 +288,37 @@ pub fn batch(args: BatchArgs) -> Result<()> {
                     Ok(Ok(task)) => task,
                     _ => break,
                 };
-                let outcome = match model.correct(&task.question, &task.answer, &config, &mut |_| true) {
-                    Ok(g) => {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    model.correct(&task.question, &task.answer, &config, &mut |_| true)
+                }));
+                let outcome = match result {
+                    Ok(Ok(g)) => {
                         let meta = json!({"line": task.line, "hash": task.hash, "finish_reason": g.finish_reason.as_str(),
                                           "prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len(),
                                           "template": template.name(), "model": model_name});
                         Outcome::Row(format_row(format, &task, &g, meta))
                     }
-                    Err(e) => reject(task.line, &task.hash, e.to_string(), &task.question),
+                    Ok(Err(e)) => reject(task.line, &task.hash, e.to_string(), task.question.as_bytes()),
+                    Err(panic) => {
+                        let cause = crate::cli::panic_message(panic.as_ref());
+                        reject(task.line, &task.hash, format!("internal error ({cause}); please report this row"), task.question.as_bytes())
+                    }
                 };
                 if tx.send(outcome).is_err() {
                     break;
                 }
             });
         }
+        // Only the workers may hold the task queue: when they stop (the writer failed), the
+        // feeder's next send fails instead of blocking for ever on a full queue.
+        drop(task_rx);
         drop(out_tx);
-        let (rows, rejected) = write_results(&args, &rejects, out_rx, &bar)?;
-        feeder
+        let written = write_results(&args, out_file, rej_file, &rejects, out_rx, &bar);
+        let fed = feeder
             .join()
-            .map_err(|_| anyhow::anyhow!("the input reader stopped unexpectedly"))??;
+            .map_err(|_| anyhow::anyhow!("the input reader stopped unexpectedly"))?;
+        let (rows, rejected) = written?;
+        fed?;
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
@@ -248,24 +336,39 @@ fn feed(
     args: &BatchArgs,
     shard: usize,
     shards: usize,
-    done: &HashSet<(usize, String)>,
-    tasks: std::sync::mpsc::SyncSender<Task>,
+    done: &resume::Keys,
+    tasks: SyncSender<Task>,
     out: Sender<Outcome>,
 ) -> Result<()> {
     let input = File::open(&args.input)
         .with_context(|| format!("cannot read input {}", args.input.display()))?;
-    for (line, text) in BufReader::new(input).lines().enumerate() {
-        let text = text?;
-        if line % shards != shard {
+    let mut reader = BufReader::new(input);
+    let mut number = 0;
+    while let Some(line) = input::next_line(&mut reader, args.max_row_bytes)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?
+    {
+        let n = number;
+        number += 1;
+        if n % shards != shard || done.contains(&(n, line.hash.clone())) {
             continue;
         }
-        let hash = resume::line_hash(&text);
-        if done.contains(&(line, hash.clone())) {
-            continue;
-        }
-        let sent = match parse_row(line, &text, args) {
-            Ok(task) => tasks.send(task).is_ok(),
-            Err(reason) => out.send(reject(line, &hash, reason, &text)).is_ok(),
+        let parsed = input::parse_row(
+            n,
+            &line,
+            &args.question_field,
+            &args.answer_field,
+            args.max_row_bytes,
+        );
+        let sent = match parsed {
+            Ok((question, answer)) => tasks
+                .send(Task {
+                    line: n,
+                    hash: line.hash,
+                    question,
+                    answer,
+                })
+                .is_ok(),
+            Err(reason) => out.send(reject(n, &line.hash, reason, &line.bytes)).is_ok(),
         };
         if !sent {
             break; // the writer stopped; its error is reported there
@@ -276,39 +379,52 @@ fn feed(
 
 fn write_results(
     args: &BatchArgs,
+    out: File,
+    rej: File,
     rejects: &Path,
     results: Receiver<Outcome>,
     bar: &ProgressBar,
 ) -> Result<(u64, u64)> {
-    let mut out = open_append(&args.output)?;
-    let mut rej = open_append(rejects)?;
+    let mut out = BufWriter::new(out);
+    let mut rej = BufWriter::new(rej);
     let (mut rows, mut rejected, mut since_sync) = (0u64, 0u64, 0usize);
+    let failed = |path: &Path| {
+        format!(
+            "cannot write {}; free disk space (or raise the file-size limit) and re-run: the run resumes where it stopped",
+            path.display()
+        )
+    };
     for outcome in results {
-        let (file, value) = match outcome {
+        let (file, path, value) = match outcome {
             Outcome::Row(v) => {
                 rows += 1;
-                (&mut out, v)
+                (&mut out, args.output.as_path(), v)
             }
             Outcome::Reject(v) => {
                 rejected += 1;
-                (&mut rej, v)
+                (&mut rej, rejects, v)
             }
         };
         // One write of the whole row, then a flush: a kill leaves at most one torn last row.
-        file.write_all(format!("{value}\n").as_bytes())?;
-        file.flush()?;
+        file.write_all(format!("{value}\n").as_bytes())
+            .and_then(|_| file.flush())
+            .with_context(|| failed(path))?;
         since_sync += 1;
         if since_sync >= args.sync_every.max(1) {
-            out.get_ref().sync_data()?;
-            rej.get_ref().sync_data()?;
+            out.get_ref()
+                .sync_data()
+                .with_context(|| failed(&args.output))?;
+            rej.get_ref().sync_data().with_context(|| failed(rejects))?;
             since_sync = 0;
         }
         bar.inc(1);
     }
-    out.flush()?;
-    rej.flush()?;
-    out.get_ref().sync_all()?;
-    rej.get_ref().sync_all()?;
+    out.flush().with_context(|| failed(&args.output))?;
+    rej.flush().with_context(|| failed(rejects))?;
+    out.get_ref()
+        .sync_all()
+        .with_context(|| failed(&args.output))?;
+    rej.get_ref().sync_all().with_context(|| failed(rejects))?;
     Ok((rows, rejected))
 }
 

@@ -3,13 +3,35 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
 use aligner::Generation;
 
-use super::{GenArgs, ModelArgs};
+use super::{usage, GenArgs, ModelArgs};
+
+/// The most answer text read from a file or stdin. No model context holds this much text; the
+/// bound keeps `--answer-file /dev/zero` from reading until memory runs out (the library then
+/// refuses anything longer than the context by its length in bytes, before tokenizing).
+const MAX_ANSWER_BYTES: u64 = 16 << 20;
+
+/// Reads at most [`MAX_ANSWER_BYTES`] of UTF-8 text from `reader`, naming `origin` on error.
+fn read_bounded(reader: impl Read, origin: &str) -> Result<String> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_ANSWER_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {origin}"))?;
+    if bytes.len() as u64 > MAX_ANSWER_BYTES {
+        return usage(format!(
+            "{origin} holds more than {} MiB of text, more than any model context; pass a shorter answer",
+            MAX_ANSWER_BYTES >> 20
+        ));
+    }
+    String::from_utf8(bytes)
+        .or_else(|_| usage(format!("{origin} is not UTF-8 text; convert it to UTF-8")))
+}
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
@@ -59,15 +81,13 @@ pub struct InfoArgs {
 
 fn read_answer(args: &CorrectArgs) -> Result<String> {
     if let Some(path) = &args.answer_file {
-        return std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --answer-file {}", path.display()));
+        let origin = format!("--answer-file {}", path.display());
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read {origin}"))?;
+        return read_bounded(file, &origin);
     }
     match args.answer.as_deref() {
         Some("-") => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("cannot read the answer from stdin")?;
+            let s = read_bounded(std::io::stdin(), "the answer on stdin")?;
             Ok(s.trim_end_matches('\n').to_string())
         }
         Some(a) => Ok(a.to_string()),
@@ -144,9 +164,11 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
     text.split(',')
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u32>()
-                .with_context(|| format!("--prompt-ids: '{s}' is not a token id"))
+        .map(|s| match s.parse::<u32>() {
+            Ok(id) => Ok(id),
+            Err(_) => usage(format!(
+                "--prompt-ids: '{s}' is not a token id (a whole number below 2^32); give ids like 1,4093,198"
+            )),
         })
         .collect()
 }
@@ -155,9 +177,9 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let dir = args.model.model_dir()?;
     let mut aligner = args.model.load(&dir)?;
     let ids = match (&args.prompt, &args.prompt_ids) {
-        (Some(text), None) => aligner.tokenizer().encode(text)?,
+        (Some(text), None) => aligner.encode_prompt(text)?,
         (None, Some(ids)) => parse_ids(ids)?,
-        _ => bail!("give the prompt with --prompt TEXT or --prompt-ids 1,2,3"),
+        _ => return usage("give the prompt with --prompt TEXT or --prompt-ids 1,2,3"),
     };
     let config = args.gen.apply(aligner.generation_defaults());
     config.validate()?;

@@ -14,6 +14,42 @@ use aligner::{
     ProviderConfig, SamplingOverrides,
 };
 
+/// A flag or argument the user must change: exit code 2, like the library's invalid requests.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `Err(UsageError)` as an `anyhow::Error`, for `?` in the subcommands.
+pub fn usage<T>(message: impl Into<String>) -> Result<T> {
+    Err(UsageError(message.into()).into())
+}
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// More intra-op threads than this is a typo, not a machine.
+const MAX_THREADS: usize = 1024;
+
+/// Cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// The model folder `make model` writes; used when `--model` is not given.
 pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct-int8";
 
@@ -135,6 +171,30 @@ impl ModelArgs {
         Ok(p)
     }
 
+    /// `--threads`, checked: 0 and absurd counts are refused, and more threads than cores
+    /// (which only makes ONNX Runtime's threads wait on each other) are capped with a note.
+    pub fn threads(&self) -> Result<Option<usize>> {
+        let Some(n) = self.threads else {
+            return Ok(None);
+        };
+        if n == 0 || n > MAX_THREADS {
+            return usage(format!(
+                "--threads {n} must be between 1 and {MAX_THREADS}; give the number of cores to use"
+            ));
+        }
+        let cores = cores();
+        if n > cores {
+            static NOTE: std::sync::Once = std::sync::Once::new();
+            NOTE.call_once(|| {
+                eprintln!(
+                    "aligner: --threads {n} is more than the {cores} cores here; using {cores}"
+                )
+            });
+            return Ok(Some(cores));
+        }
+        Ok(Some(n))
+    }
+
     pub fn load_options(&self) -> Result<LoadOptions> {
         let mut o = LoadOptions::default().with_provider(self.provider_config()?);
         if let Some(p) = &self.ort_lib {
@@ -143,7 +203,7 @@ impl ModelArgs {
         if let Some(t) = &self.template {
             o = o.with_template(t);
         }
-        if let Some(n) = self.threads {
+        if let Some(n) = self.threads()? {
             o = o.with_threads(n);
         }
         match self.graph_cache.as_deref() {
@@ -258,6 +318,9 @@ pub fn run() -> Result<()> {
 
 /// 2 for problems with the user's input, 1 for everything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
     match e.downcast_ref::<aligner::Error>() {
         Some(aligner::Error::InvalidRequest(_)) | Some(aligner::Error::ContextOverflow { .. }) => 2,
         _ => 1,

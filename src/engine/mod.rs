@@ -30,6 +30,10 @@ pub mod graph_cache;
 mod session;
 use session::{build_session, int_tensor};
 
+/// Shared KV buffers up to this many positions are kept between sequences; larger ones are
+/// freed when a shorter sequence follows.
+const KV_KEEP_POSITIONS: usize = 1024;
+
 /// Session settings. `Default` runs on the CPU and leaves the thread count to ONNX Runtime.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
@@ -177,6 +181,25 @@ impl OnnxDecoder {
             present_names.push(layer_names(&outputs.present_value_names, i));
         }
         let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        // The manifest's vocabulary sizes every logits buffer: it must be the graph's.
+        let graph_vocab = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == outputs.logits)
+            .and_then(|o| match o.dtype() {
+                ValueType::Tensor { shape, .. } => shape.last().copied(),
+                _ => None,
+            })
+            .filter(|&v| v > 0);
+        if let Some(v) = graph_vocab.filter(|&v| v as usize != folder.genai.model.vocab_size) {
+            return Err(Error::load(
+                &path,
+                format!(
+                    "genai_config.json says vocab_size {} but the graph's logits have {v} columns; re-export the folder",
+                    folder.genai.model.vocab_size
+                ),
+            ));
+        }
         for name in present_names.iter().chain(std::iter::once(&outputs.logits)) {
             if !output_names.contains(&name.as_str()) {
                 return Err(Error::load(
@@ -482,6 +505,21 @@ impl DecoderModel for OnnxDecoder {
     }
 
     fn reserve(&mut self, max_total_len: usize) -> Result<()> {
+        // One outlier request must not keep its large cache for good: drop buffers far bigger
+        // than this sequence needs (the next allocation is sized for it).
+        if let KvStorage::Shared { capacity, .. } = self.kv {
+            if capacity > KV_KEEP_POSITIONS && capacity > 2 * max_total_len {
+                self.kv = KvStorage::Shared {
+                    _buffers: Vec::new(),
+                    capacity: 0,
+                    binding: None,
+                };
+            }
+        }
+        // Likewise the logits rows a long verification pass left behind.
+        if self.logits.len() > 64 * self.vocab_size {
+            self.logits = vec![0.0; self.vocab_size];
+        }
         self.ensure_shared_capacity(max_total_len)
     }
 

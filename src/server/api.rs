@@ -144,17 +144,46 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
-    /// Text content, whether given as a string or as OpenAI's list of content parts.
-    pub fn text(&self) -> String {
+    /// Text content, whether given as a string or as OpenAI's list of text parts. Anything else
+    /// (images, audio, a number) is refused: an Aligner reads text only, and dropping the rest
+    /// silently would correct an answer to a question it never saw.
+    pub fn text(&self) -> Result<String, ApiError> {
         match &self.content {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(""),
-            _ => String::new(),
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                        (Some("text") | None, Some(Value::String(t))) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(ApiError::bad_request(format!(
+                                "a {} message has a content part of type {}; only text parts are supported",
+                                self.role,
+                                kind.unwrap_or("(none)")
+                            )))
+                        }
+                    }
+                }
+                Ok(text)
+            }
+            Some(other) => Err(ApiError::bad_request(format!(
+                "a {} message's content is a {}; send a string or a list of text parts",
+                self.role,
+                json_kind(other)
+            ))),
         }
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
     }
 }
 
@@ -164,6 +193,51 @@ pub struct ChatRequest {
     pub model: Option<String>,
     #[serde(flatten)]
     pub options: GenerationOptions,
+    /// OpenAI options this server cannot honour; refused rather than silently ignored.
+    #[serde(default)]
+    pub n: Option<u64>,
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub functions: Option<Value>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u64>,
+}
+
+impl ChatRequest {
+    /// A 400 naming the first option set to something only other servers can do.
+    pub fn check_supported(&self) -> Result<(), ApiError> {
+        let empty = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => true,
+            Some(Value::Array(a)) => a.is_empty(),
+            _ => false,
+        };
+        let plain_text = match &self.response_format {
+            None | Some(Value::Null) => true,
+            Some(v) => v.get("type").and_then(Value::as_str) == Some("text"),
+        };
+        let refusal = if self.n.is_some_and(|n| n != 1) {
+            Some("n > 1 (one correction per request)")
+        } else if !empty(&self.tools) || !empty(&self.functions) {
+            Some("tools and functions")
+        } else if !plain_text {
+            Some("response_format other than text")
+        } else if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
+            Some("logprobs")
+        } else {
+            None
+        };
+        match refusal {
+            Some(what) => Err(ApiError::bad_request(format!(
+                "{what} is not supported by aligner serve; remove it from the request"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 pub fn usage(g: &Generation) -> Value {
@@ -196,4 +270,127 @@ pub fn correct_response(g: &Generation, provider: &str) -> Value {
         },
         "provider": provider,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values of any shape, with the numbers and strings that trip parsers: huge and
+    /// negative numbers, floats where counts belong, multibyte and empty strings.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,8}".prop_map(Value::from),
+            Just(Value::from("é")),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const KEYS: &[&str] = &[
+        "question",
+        "answer",
+        "max_tokens",
+        "max_new_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "seed",
+        "stop",
+        "template",
+        "suppress_eos",
+        "ignore_eos",
+        "stream",
+        "messages",
+        "model",
+        "n",
+        "tools",
+        "functions",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "role",
+        "content",
+        "type",
+        "text",
+        "aligner",
+    ];
+
+    /// Objects over the keys the parsers read, each with any value.
+    fn request_like() -> impl Strategy<Value = Value> {
+        let message =
+            proptest::collection::btree_map(proptest::sample::select(KEYS), any_json(), 0..4)
+                .prop_map(|m| {
+                    Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                });
+        proptest::collection::btree_map(
+            proptest::sample::select(KEYS),
+            prop_oneof![
+                any_json(),
+                proptest::collection::vec(message, 0..3).prop_map(Value::from)
+            ],
+            0..8,
+        )
+        .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    }
+
+    /// What the handlers do with a body before it reaches a worker.
+    fn handle(body: &[u8]) {
+        if let Ok(req) = parse_body::<CorrectRequest>(body) {
+            if let Ok((config, _)) = req.options.apply(GenerationConfig::default()) {
+                assert!(config.validate().is_ok());
+            }
+        }
+        if let Ok(req) = parse_body::<ChatRequest>(body) {
+            let _ = req.check_supported();
+            for m in &req.messages {
+                let _ = m.text();
+            }
+            let _ = req.options.apply(GenerationConfig::default());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn request_parsers_never_panic_on_any_bytes(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            handle(&body);
+        }
+
+        #[test]
+        fn request_parsers_never_panic_on_request_shaped_json(v in request_like()) {
+            handle(v.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn options_that_cannot_be_honoured_are_named() {
+        let req: ChatRequest = serde_json::from_str(r#"{"messages": [], "n": 3}"#).unwrap();
+        assert!(req.check_supported().unwrap_err().message.contains("n > 1"));
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"messages": [], "n": 1, "tools": [], "response_format": {"type": "text"}, "logprobs": false}"#,
+        )
+        .unwrap();
+        assert!(req.check_supported().is_ok());
+        let req: CorrectRequest =
+            serde_json::from_str(r#"{"question": "q", "answer": "a", "max_completion_tokens": 7}"#)
+                .unwrap();
+        assert_eq!(req.options.sampling.max_new_tokens, Some(7));
+    }
 }

@@ -3,15 +3,52 @@
 //! ONNX Runtime's `run` takes `&mut self`, so each worker thread owns one loaded model and takes
 //! one job at a time. The queue in front is bounded: a full queue is refused at once (the HTTP
 //! layer answers 429) instead of letting latency grow without limit. A job whose client went
-//! away is cancelled at its next token.
+//! away is cancelled at its next token, or between the chunks of its prompt.
+//!
+//! A worker that panics must not take its request, its slot or the pool's counters with it: the
+//! panic is caught, the request gets an error naming the cause, and the worker's model is
+//! replaced by a freshly loaded one (a panic may leave it mid-pass). A worker whose model cannot
+//! be reloaded stops, and the pool reports it (`/health` says `degraded`, or `down`).
+//!
+//! The pool runs anything that implements [`Corrector`], so its behaviour is unit-tested with
+//! scripted workers, no model needed.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use aligner::{Aligner, Generation, GenerationConfig, Template};
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::cli::panic_message;
+
+/// What a worker runs a job with: a loaded model, or a scripted stand-in in tests.
+pub trait Corrector: Send {
+    fn correct(
+        &mut self,
+        job: &Job,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, aligner::Error>;
+}
+
+impl Corrector for Aligner {
+    fn correct(
+        &mut self,
+        job: &Job,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, aligner::Error> {
+        let template = match job.template {
+            Some(t) => t,
+            None => self.template()?,
+        };
+        self.correct_with_template(template, &job.question, &job.answer, &job.config, on_text)
+    }
+}
+
+/// Loads a replacement for a worker whose model panicked.
+pub type Loader = Box<dyn Fn() -> Result<Box<dyn Corrector>, String> + Send + Sync>;
 
 /// One correction to run.
 pub struct Job {
@@ -38,47 +75,61 @@ pub struct Pool {
     ready: Condvar,
     capacity: usize,
     busy: AtomicUsize,
+    alive: AtomicUsize,
+    restarts: AtomicUsize,
     cancelled: AtomicUsize,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    loader: Loader,
     stopping: AtomicBool,
 }
 
 pub struct QueueFull;
 
+/// A poisoned lock only means another thread panicked while holding it; the queue itself is
+/// always consistent (every change is one push or pop), so go on with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Pool {
-    /// Starts one worker per model; `capacity` jobs may wait beyond those running.
-    pub fn start(models: Vec<Aligner>, capacity: usize) -> Arc<Pool> {
+    /// Starts one worker per corrector; `capacity` jobs may wait beyond those running.
+    pub fn start(
+        workers: Vec<Box<dyn Corrector>>,
+        capacity: usize,
+        loader: Loader,
+    ) -> std::io::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
             capacity,
             busy: AtomicUsize::new(0),
+            alive: AtomicUsize::new(workers.len()),
+            restarts: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
             workers: Mutex::new(Vec::new()),
+            loader,
             stopping: AtomicBool::new(false),
         });
-        let handles = models
-            .into_iter()
-            .enumerate()
-            .map(|(i, model)| {
-                let pool = Arc::clone(&pool);
+        let mut handles = Vec::new();
+        for (i, worker) in workers.into_iter().enumerate() {
+            let p = Arc::clone(&pool);
+            handles.push(
                 std::thread::Builder::new()
                     .name(format!("aligner-worker-{i}"))
-                    .spawn(move || pool.work(model))
-                    .expect("spawn worker thread")
-            })
-            .collect();
-        *pool.workers.lock().unwrap() = handles;
-        pool
+                    .spawn(move || p.work(worker))?,
+            );
+        }
+        *lock(&pool.workers) = handles;
+        Ok(pool)
     }
 
     /// Queues a job, or refuses it when `capacity` jobs are already waiting and every
-    /// worker is busy.
+    /// worker is busy (or no worker is left).
     pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
-        let mut q = self.queue.lock().unwrap();
-        let workers = self.workers.lock().map(|w| w.len()).unwrap_or(1);
-        let idle = workers.saturating_sub(self.busy.load(Ordering::SeqCst));
-        if q.closed || q.jobs.len() >= self.capacity + idle {
+        let mut q = lock(&self.queue);
+        let alive = self.alive();
+        let idle = alive.saturating_sub(self.busy());
+        if q.closed || alive == 0 || q.jobs.len() >= self.capacity + idle {
             return Err(QueueFull);
         }
         q.jobs.push_back(job);
@@ -88,11 +139,21 @@ impl Pool {
 
     /// Jobs waiting for a worker.
     pub fn depth(&self) -> usize {
-        self.queue.lock().map(|q| q.jobs.len()).unwrap_or(0)
+        lock(&self.queue).jobs.len()
     }
 
     pub fn busy(&self) -> usize {
         self.busy.load(Ordering::SeqCst)
+    }
+
+    /// Workers still running (a worker whose model could not be reloaded is gone).
+    pub fn alive(&self) -> usize {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Workers replaced after a panic.
+    pub fn restarts(&self) -> usize {
+        self.restarts.load(Ordering::SeqCst)
     }
 
     pub fn cancelled(&self) -> usize {
@@ -102,16 +163,16 @@ impl Pool {
     /// Lets queued and running jobs finish, then stops the workers.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.queue.lock().unwrap().closed = true;
+        lock(&self.queue).closed = true;
         self.ready.notify_all();
-        let handles = std::mem::take(&mut *self.workers.lock().unwrap());
+        let handles = std::mem::take(&mut *lock(&self.workers));
         for h in handles {
             let _ = h.join();
         }
     }
 
     fn next_job(&self) -> Option<Job> {
-        let mut q = self.queue.lock().unwrap();
+        let mut q = lock(&self.queue);
         loop {
             if let Some(job) = q.jobs.pop_front() {
                 self.busy.fetch_add(1, Ordering::SeqCst);
@@ -120,42 +181,195 @@ impl Pool {
             if q.closed {
                 return None;
             }
-            q = self.ready.wait(q).unwrap();
+            q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    fn work(&self, mut model: Aligner) {
+    fn work(&self, mut worker: Box<dyn Corrector>) {
         while let Some(job) = self.next_job() {
             let events = job.events.clone();
             let mut cancelled = false;
             let mut on_text = |piece: &str| {
-                // A closed channel means the client is gone: stop generating for it.
-                cancelled = events.send(JobEvent::Text(piece.to_string())).is_err();
+                // A closed channel means the client is gone: stop generating for it. An empty
+                // piece is the loop asking whether to go on (between prompt chunks).
+                cancelled = if piece.is_empty() {
+                    events.is_closed()
+                } else {
+                    events.send(JobEvent::Text(piece.to_string())).is_err()
+                };
                 !cancelled
             };
-            let result = if events.is_closed() {
+            let outcome = if events.is_closed() {
                 cancelled = true;
-                Err(aligner::Error::InvalidRequest("client disconnected".into()))
+                Ok(Err(aligner::Error::InvalidRequest(
+                    "client disconnected".into(),
+                )))
             } else {
-                let template = match job.template {
-                    Some(t) => Ok(t),
-                    None => model.template(),
-                };
-                template.and_then(|t| {
-                    model.correct_with_template(
-                        t,
-                        &job.question,
-                        &job.answer,
-                        &job.config,
-                        &mut on_text,
-                    )
-                })
+                catch_unwind(AssertUnwindSafe(|| worker.correct(&job, &mut on_text)))
             };
             if cancelled {
                 self.cancelled.fetch_add(1, Ordering::SeqCst);
             }
+            let result = match outcome {
+                Ok(result) => result,
+                Err(payload) => {
+                    let cause = panic_message(payload.as_ref());
+                    let _ = job.events.send(JobEvent::Done(Err(aligner::Error::Inference(
+                        format!("the worker crashed on this request ({cause}); it has been restarted, please report the request"),
+                    ))));
+                    // The model may have stopped mid-pass: replace it before the next job.
+                    match (self.loader)() {
+                        Ok(fresh) => {
+                            worker = fresh;
+                            self.restarts.fetch_add(1, Ordering::SeqCst);
+                            self.busy.fetch_sub(1, Ordering::SeqCst);
+                            continue;
+                        }
+                        Err(e) => {
+                            eprintln!("aligner: a worker crashed and could not be restarted: {e}");
+                            self.alive.fetch_sub(1, Ordering::SeqCst);
+                            self.busy.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            };
             let _ = job.events.send(JobEvent::Done(result));
             self.busy.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    /// Panics on the question "boom"; otherwise echoes the answer.
+    struct Scripted;
+
+    impl Corrector for Scripted {
+        fn correct(
+            &mut self,
+            job: &Job,
+            on_text: &mut dyn FnMut(&str) -> bool,
+        ) -> Result<Generation, aligner::Error> {
+            if job.question == "boom" {
+                panic!("scripted failure");
+            }
+            on_text(&job.answer);
+            Err(aligner::Error::InvalidRequest(format!(
+                "echo {}",
+                job.answer
+            )))
+        }
+    }
+
+    fn job(question: &str) -> (Job, UnboundedReceiver<JobEvent>) {
+        let (events, rx) = unbounded_channel();
+        let job = Job {
+            question: question.into(),
+            answer: "fine".into(),
+            template: None,
+            config: GenerationConfig::default(),
+            events,
+        };
+        (job, rx)
+    }
+
+    fn done(mut rx: UnboundedReceiver<JobEvent>) -> String {
+        loop {
+            match rx.blocking_recv() {
+                Some(JobEvent::Done(Err(e))) => return e.to_string(),
+                Some(JobEvent::Done(Ok(_))) => return "ok".into(),
+                Some(JobEvent::Text(_)) => {}
+                None => return "channel closed without an answer".into(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_gets_an_error_and_the_worker_is_replaced() {
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&loads);
+        let loader: Loader = Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Scripted) as Box<dyn Corrector>)
+        });
+        let pool = Pool::start(vec![Box::new(Scripted)], 4, loader).unwrap();
+        let (j, rx) = job("boom");
+        pool.submit(j).ok().unwrap();
+        let e = done(rx);
+        assert!(
+            e.contains("worker crashed") && e.contains("scripted failure"),
+            "{e}"
+        );
+        // The same slot serves the next request, and the counters tell the truth.
+        let (j, rx) = job("fine?");
+        pool.submit(j).ok().unwrap();
+        assert!(done(rx).contains("echo fine"));
+        assert_eq!(pool.busy(), 0);
+        assert_eq!(pool.alive(), 1);
+        assert_eq!(pool.restarts(), 1);
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_worker_that_cannot_be_reloaded_is_reported_gone() {
+        let loader: Loader = Box::new(|| Err("model folder vanished".into()));
+        let pool = Pool::start(vec![Box::new(Scripted)], 4, loader).unwrap();
+        let (j, rx) = job("boom");
+        pool.submit(j).ok().unwrap();
+        assert!(done(rx).contains("worker crashed"));
+        // Wait for the worker to record its exit.
+        for _ in 0..200 {
+            if pool.alive() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(pool.alive(), 0);
+        assert_eq!(pool.busy(), 0);
+        // Nobody is left to run a job: refuse at once instead of queueing forever.
+        let (j, _rx) = job("fine?");
+        assert!(pool.submit(j).is_err());
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_client_that_left_is_cancelled_between_prompt_chunks() {
+        struct Probing;
+        impl Corrector for Probing {
+            fn correct(
+                &mut self,
+                _job: &Job,
+                on_text: &mut dyn FnMut(&str) -> bool,
+            ) -> Result<Generation, aligner::Error> {
+                // The loop probes with empty pieces while it runs the prompt.
+                for _ in 0..100 {
+                    if !on_text("") {
+                        return Err(aligner::Error::InvalidRequest("cancelled".into()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(aligner::Error::InvalidRequest("ran to the end".into()))
+            }
+        }
+        let loader: Loader = Box::new(|| Ok(Box::new(Probing) as Box<dyn Corrector>));
+        let pool = Pool::start(vec![Box::new(Probing)], 4, loader).unwrap();
+        let (j, rx) = job("long prompt");
+        pool.submit(j).ok().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        drop(rx);
+        for _ in 0..200 {
+            if pool.cancelled() == 1 && pool.busy() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(pool.cancelled(), 1);
+        assert_eq!(pool.busy(), 0);
+        pool.shutdown();
     }
 }

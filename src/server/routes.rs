@@ -4,9 +4,9 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -15,11 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use aligner::{Generation, GenerationConfig, Template};
 
 use super::api::{self, ApiError, ChatRequest, CorrectRequest, GenerationOptions};
+use super::listen::InFlight;
 use super::metrics::Metrics;
 use super::pool::{Job, JobEvent, Pool};
 use super::upstream::Upstream;
@@ -32,8 +35,16 @@ pub struct AppState {
     pub provider: String,
     pub workers: usize,
     pub upstream: Option<Upstream>,
-    pub api_key: Option<String>,
+    /// sha256 of the API key: compared in constant time, whatever the given key's length.
+    pub api_key: Option<[u8; 32]>,
     pub next_id: AtomicU64,
+    pub in_flight: Arc<InFlight>,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+}
+
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 type Shared = State<Arc<AppState>>;
@@ -66,21 +77,36 @@ async fn finished(mut rx: UnboundedReceiver<JobEvent>) -> Result<Generation, Api
             return result.map_err(ApiError::from);
         }
     }
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "the worker stopped before finishing the request",
-    ))
+    Err(worker_stopped())
 }
 
-/// The job's events as a stream; it ends after `Done`.
-fn job_stream(rx: UnboundedReceiver<JobEvent>) -> impl Stream<Item = JobEvent> {
-    stream::unfold(Some(rx), |rx| async move {
+/// The job's events as a stream; it ends after `Done`. The first event is awaited before the
+/// stream is returned, so a request that fails at once (a prompt too long for the context, a
+/// crashed worker) is answered with its own status code rather than inside a 200 stream.
+async fn job_stream(
+    mut rx: UnboundedReceiver<JobEvent>,
+) -> Result<impl Stream<Item = JobEvent>, ApiError> {
+    let first = match rx.recv().await {
+        Some(JobEvent::Done(Err(e))) => return Err(e.into()),
+        Some(event) => event,
+        None => return Err(worker_stopped()),
+    };
+    let done = matches!(first, JobEvent::Done(_));
+    let rest = stream::unfold((!done).then_some(rx), |rx| async move {
         let mut rx = rx?;
         let event = rx.recv().await?;
         let done = matches!(event, JobEvent::Done(_));
         Some((event, (!done).then_some(rx)))
-    })
+    });
+    Ok(stream::once(async move { first }).chain(rest))
+}
+
+fn worker_stopped() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the worker stopped before finishing the request",
+    )
 }
 
 fn sse(events: impl Stream<Item = Value> + Send + 'static) -> Response {
@@ -105,7 +131,7 @@ pub async fn correct(State(s): Shared, body: Bytes) -> Result<Response, ApiError
         return Ok(Json(api::correct_response(&g, &s.provider)).into_response());
     }
     let state = Arc::clone(&s);
-    Ok(sse(job_stream(rx).map(move |event| match event {
+    Ok(sse(job_stream(rx).await?.map(move |event| match event {
         JobEvent::Text(piece) => json!({"delta": piece}),
         JobEvent::Done(Ok(g)) => {
             state.metrics.add_tokens(g.prompt_tokens, g.tokens.len());
@@ -128,15 +154,16 @@ pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
     let raw: Value = api::parse_body(&body)?;
     let req: ChatRequest = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
+    req.check_supported()?;
     let question = req
         .messages
         .iter()
         .rev()
         .find(|m| m.role == "user")
-        .map(|m| m.text())
         .ok_or_else(|| {
             ApiError::bad_request("messages hold no user message to correct an answer to")
-        })?;
+        })?
+        .text()?;
     let stream = req.options.stream;
     // With an upstream, the request's own options are for the upstream; the correction uses the
     // server's defaults, overridable through an `aligner` object. Without one, they are ours.
@@ -160,7 +187,7 @@ pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
             let last = req.messages.last().filter(|m| m.role == "assistant").ok_or_else(|| {
                 ApiError::bad_request("without --upstream the last message must be the assistant answer to correct")
             })?;
-            (req.options, last.text(), Value::Null, None)
+            (req.options, last.text()?, Value::Null, None)
         }
     };
     let (config, template) = options.apply(s.defaults.clone())?;
@@ -199,7 +226,7 @@ pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
     };
     let first = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
     let state = Arc::clone(&s);
-    let events = job_stream(rx).map(move |event| match event {
+    let events = job_stream(rx).await?.map(move |event| match event {
         JobEvent::Text(piece) => chunk(json!({"content": piece}), Value::Null),
         JobEvent::Done(Ok(g)) => {
             state.metrics.add_tokens(g.prompt_tokens, g.tokens.len());
@@ -219,16 +246,27 @@ pub async fn models(State(s): Shared) -> Json<Value> {
     )
 }
 
-pub async fn health(State(s): Shared) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
+/// The pool as it is: `ok`, `degraded` when a crashed worker could not be restarted, `down`
+/// (with 503) when none is left.
+pub async fn health(State(s): Shared) -> Response {
+    let alive = s.pool.alive();
+    let (status, code) = match alive {
+        0 => ("down", StatusCode::SERVICE_UNAVAILABLE),
+        n if n < s.workers => ("degraded", StatusCode::OK),
+        _ => ("ok", StatusCode::OK),
+    };
+    let body = json!({
+        "status": status,
         "model": s.model_name,
         "provider": s.provider,
         "workers": s.workers,
+        "workers_alive": alive,
+        "worker_restarts": s.pool.restarts(),
         "busy": s.pool.busy(),
         "queue_depth": s.pool.depth(),
         "upstream": s.upstream.is_some(),
-    }))
+    });
+    (code, Json(body)).into_response()
 }
 
 pub async fn metrics(State(s): Shared) -> impl IntoResponse {
@@ -253,8 +291,28 @@ pub async fn metrics(State(s): Shared) -> impl IntoResponse {
             "Generations stopped because the client left.",
             s.pool.cancelled() as f64,
         ),
+        (
+            "aligner_workers_alive",
+            "Workers running (a crashed worker that could not be reloaded is gone).",
+            s.pool.alive() as f64,
+        ),
+        (
+            "aligner_worker_restarts_total",
+            "Workers replaced after a crash.",
+            s.pool.restarts() as f64,
+        ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 7235).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Requires `Authorization: Bearer <key>` on `/v1/*` when the server has a key.
@@ -265,8 +323,10 @@ pub async fn require_key(State(s): Shared, request: Request, next: Next) -> Resp
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(key.as_str()) {
+                .and_then(bearer_token)
+                .map(key_digest);
+            let matches = given.is_some_and(|g| bool::from(g.ct_eq(key)));
+            if !matches {
                 return ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "authentication_error",
@@ -277,6 +337,110 @@ pub async fn require_key(State(s): Shared, request: Request, next: Next) -> Resp
         }
     }
     next.run(request).await
+}
+
+/// Reads the whole body within `--body-timeout` and `--max-body-bytes` before any handler
+/// runs, answering 408 and 413 in OpenAI's error shape.
+pub async fn read_body(State(s): Shared, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
+        return closing(too_large(s.max_body_bytes));
+    }
+    let read =
+        tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, s.max_body_bytes)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            return closing(if over {
+                too_large(s.max_body_bytes)
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            });
+        }
+        Err(_) => {
+            return closing(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!(
+                    "the request body did not arrive within {} s; send it at once, or raise --body-timeout",
+                    s.body_timeout.as_secs_f64()
+                ),
+            ))
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// An error answered before the body was read whole: the connection cannot carry another
+/// request, and the client must be told so instead of reusing it.
+fn closing(e: ApiError) -> Response {
+    let mut response = e.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        format!(
+            "the request body is larger than {limit} bytes; send less, or raise --max-body-bytes"
+        ),
+    )
+}
+
+pub async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "no endpoint {}; use /v1/correct, /v1/chat/completions, /v1/models, /health or /metrics",
+            request.uri().path()
+        ),
+    )
+}
+
+pub async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!(
+            "{} is not allowed on {}; the /v1 endpoints take POST (GET for /v1/models)",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Counts the request as in flight until its response has been sent, streamed bodies included,
+/// so that shutdown waits for it and for nothing else.
+pub async fn track(State(s): Shared, request: Request, next: Next) -> Response {
+    let guard = s.in_flight.enter();
+    let response = next.run(request).await;
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        return response;
+    }
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _held = &guard;
+            chunk
+        }))
+    })
 }
 
 /// Counts every request by endpoint and status, with its latency (to the response head).
@@ -294,4 +458,23 @@ pub async fn record(State(s): Shared, request: Request, next: Next) -> Response 
         start.elapsed().as_secs_f64(),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_keys_compare_by_digest() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("  BEARER   abc  "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("abc"), None);
+        let key = key_digest("abc");
+        assert!(bool::from(key_digest("abc").ct_eq(&key)));
+        assert!(!bool::from(key_digest("abd").ct_eq(&key)));
+        assert!(!bool::from(key_digest("abcd").ct_eq(&key)));
+    }
 }

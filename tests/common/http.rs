@@ -11,12 +11,19 @@ use super::aligner;
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Everything the server printed on stderr so far.
+    pub log: Arc<Mutex<String>>,
 }
 
 impl Server {
     /// Starts `aligner serve --port 0 ARGS` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = aligner()
+        Server::start_with(aligner(), args)
+    }
+
+    /// Like [`start`](Self::start) with a prepared command (extra environment, a wrapper).
+    pub fn start_with(mut command: std::process::Command, args: &[&str]) -> Server {
+        let mut child = command
             .arg("serve")
             .args(["--port", "0"])
             .args(args)
@@ -26,15 +33,42 @@ impl Server {
             .spawn()
             .expect("serve starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
         let base = loop {
             let line = lines.next().expect("serve printed its address").unwrap();
+            log.lock().unwrap().push_str(&(line.clone() + "\n"));
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, base }
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Server { child, base, log }
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the exit; `None` if it did not exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn url(&self, path: &str) -> String {
