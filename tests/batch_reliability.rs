@@ -103,6 +103,7 @@ fn an_unrelated_or_damaged_output_is_never_cut() {
         &o,
         "precious.jsonl line 1 is not a row written by aligner batch",
     );
+    assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), text);
 
     let out = dir.path().join("out.jsonl");

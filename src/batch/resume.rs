@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -77,9 +77,9 @@ pub fn scan(reader: impl BufRead, name: &str) -> Result<Scan> {
             }
             // A kill mid-write leaves the start of a row and no newline: the only thing cut.
             (None, false) if body.trim_ascii_start().starts_with(b"{") => return Ok(scan),
-            (None, _) => bail!(
+            (None, _) => return crate::cli::usage(format!(
                 "{name} line {number} is not a row written by aligner batch (a JSON object with meta.line and meta.hash), so it is not a resumable output; nothing was changed. Pick another output file, or fix or remove that line"
-            ),
+            )),
         }
     }
 }

@@ -234,8 +234,10 @@ impl Pool {
                     }
                 }
             };
-            let _ = job.events.send(JobEvent::Done(result));
+            // Free the slot before answering, so a client that reads /health right after its
+            // response never sees its own request still counted.
             self.busy.fetch_sub(1, Ordering::SeqCst);
+            let _ = job.events.send(JobEvent::Done(result));
         }
     }
 }
