@@ -4,13 +4,6 @@ mod common;
 
 use common::*;
 
-fn broken_copy(edit: impl FnOnce(&std::path::Path)) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_model(&tiny_model(), dir.path());
-    edit(dir.path());
-    dir
-}
-
 fn correct_with(model: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let m = model.to_str().unwrap();
     run(&[

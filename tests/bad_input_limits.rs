@@ -9,13 +9,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn broken_copy(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_model(&tiny_model(), dir.path());
-    edit(dir.path());
-    dir
-}
-
 fn correct_with(model: &Path, extra: &[&str]) -> std::process::Output {
     let m = model.to_str().unwrap();
     let base = ["correct", "--model", m, "-q", "Q?", "-a", "A."];

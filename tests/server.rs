@@ -16,10 +16,6 @@ fn model_arg() -> String {
     default_model().display().to_string()
 }
 
-fn post(server: &Server, path: &str, body: &Value) -> reqwest::blocking::Response {
-    client().post(server.url(path)).json(body).send().unwrap()
-}
-
 fn metric(server: &Server, line_start: &str) -> f64 {
     let text = client()
         .get(server.url("/metrics"))
@@ -43,15 +39,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn health(server: &Server) -> Value {
-    client()
-        .get(server.url("/health"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
 }
 
 #[test]

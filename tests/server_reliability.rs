@@ -16,19 +16,6 @@ fn tiny() -> String {
     tiny_model().display().to_string()
 }
 
-fn post(server: &Server, path: &str, body: &Value) -> reqwest::blocking::Response {
-    client().post(server.url(path)).json(body).send().unwrap()
-}
-
-fn health(server: &Server) -> Value {
-    client()
-        .get(server.url("/health"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
-}
-
 fn error_message(r: reqwest::blocking::Response) -> (u16, String) {
     let status = r.status().as_u16();
     let v: Value = r.json().expect("an OpenAI-shaped JSON error body");

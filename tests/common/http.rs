@@ -87,6 +87,23 @@ impl Drop for Server {
     }
 }
 
+pub fn post(
+    server: &Server,
+    path: &str,
+    body: &serde_json::Value,
+) -> reqwest::blocking::Response {
+    client().post(server.url(path)).json(body).send().unwrap()
+}
+
+pub fn health(server: &Server) -> serde_json::Value {
+    client()
+        .get(server.url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))

@@ -74,6 +74,14 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
     assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
 }
 
+/// A copy of the tiny model folder, changed by `edit`, for tests that break a folder.
+pub fn broken_copy(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny_model(), dir.path());
+    edit(dir.path());
+    dir
+}
+
 /// Copies a model folder so a test can break the copy.
 pub fn copy_model(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
