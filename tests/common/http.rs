@@ -87,11 +87,7 @@ impl Drop for Server {
     }
 }
 
-pub fn post(
-    server: &Server,
-    path: &str,
-    body: &serde_json::Value,
-) -> reqwest::blocking::Response {
+pub fn post(server: &Server, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
     client().post(server.url(path)).json(body).send().unwrap()
 }
 
