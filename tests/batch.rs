@@ -258,3 +258,97 @@ fn custom_field_names_are_honoured() {
         (Some("Capital of France?"), Some("Berlin."))
     );
 }
+
+/// `--task answer`: each question answered as a chat turn, exactly what `aligner generate`
+/// gives for the same ChatML prompt; the rows then feed a correcting run and its DPO pairs.
+#[test]
+fn answer_task_writes_upstream_answers_that_feed_a_correcting_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("questions.jsonl");
+    let questions = ["What is the capital of France?", "Name a primary colour."];
+    let text: String = questions
+        .iter()
+        .map(|q| json!({"question": q}).to_string() + "\n")
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let answers = dir.path().join("answers.jsonl");
+    let system = "Answer in one short sentence.";
+    let o = batch(
+        &default_model(),
+        &input,
+        &answers,
+        &[
+            "--task",
+            "answer",
+            "--system",
+            system,
+            "--max-new-tokens",
+            "12",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 answered"), "{}", stderr(&o));
+    let rows_out = rows(&answers);
+    assert_eq!(rows_out.len(), 2);
+    for row in &rows_out {
+        let q = row["question"].as_str().unwrap();
+        assert_eq!(row["meta"]["task"], "answer");
+        assert_eq!(row["meta"]["system"], system);
+        assert!(row["meta"]["latency_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(row.as_object().unwrap().len(), 3, "question, answer, meta");
+        let prompt = format!(
+            "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let g = run(&[
+            "generate",
+            "--model",
+            default_model().to_str().unwrap(),
+            "--prompt",
+            &prompt,
+            "--max-new-tokens",
+            "12",
+            "--stop",
+            "<|im_end|>",
+        ]);
+        assert!(g.status.success(), "{}", stderr(&g));
+        let generated = String::from_utf8_lossy(&g.stdout);
+        assert_eq!(
+            row["answer"].as_str().unwrap(),
+            generated.trim_end_matches('\n')
+        );
+        assert!(!generated.trim().is_empty());
+    }
+    // The answers are the input of a correcting run, and so of preference pairs.
+    let pairs = dir.path().join("pairs.jsonl");
+    let o = batch(&default_model(), &answers, &pairs, &["--format", "dpo"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dpo = rows(&pairs);
+    assert_eq!(dpo.len(), 2);
+    for (pair, answer) in dpo.iter().zip(&rows_out) {
+        assert_eq!(pair["prompt"], answer["question"]);
+        assert_eq!(pair["rejected"], answer["answer"]);
+    }
+}
+
+#[test]
+fn answer_task_options_that_cannot_apply_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("q.jsonl");
+    std::fs::write(&input, "{\"question\": \"q\"}\n").unwrap();
+    let out = dir.path().join("out.jsonl");
+    for (extra, says) in [
+        (
+            &["--task", "answer", "--format", "dpo"][..],
+            "drop --format",
+        ),
+        (
+            &["--system", "Be brief."][..],
+            "--system is for --task answer",
+        ),
+    ] {
+        let o = batch(&default_model(), &input, &out, extra);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    }
+}

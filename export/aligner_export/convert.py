@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__
 from .decoder_graph import DecoderGraphBuilder, QuantOptions
 from .errors import ExportError
-from .manifest import aligner_manifest, generation_defaults, genai_config, write_json
+from .manifest import aligner_manifest, genai_config, generation_defaults, write_json
 from .onnx_writer import GraphWriter
 from .templates import TEMPLATES, default_template
 

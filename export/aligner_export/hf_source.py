@@ -12,9 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ExportError
-from .model_config import SUPPORTED_ARCHITECTURES, ModelConfig, check_rope_scaling, expected_shapes
+from .model_config import (
+    SUPPORTED_ARCHITECTURES,
+    ModelConfig,
+    check_rope_scaling,
+    expected_shapes,
+)
 from .safetensors_io import TensorEntry, read_header, read_tensor
-from .sentencepiece_model import check_against_sentencepiece, parse_model, tokenizer_json
+from .sentencepiece_model import (
+    check_against_sentencepiece,
+    parse_model,
+    tokenizer_json,
+)
 
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")

@@ -19,7 +19,8 @@ INLINE_LIMIT = 1024  # bytes; tiny constants stay inside model.onnx
 class GraphWriter:
     def __init__(self, data_path: Path):
         self.data_path = data_path
-        self._data = open(data_path, "wb")
+        # Held open across many add() calls and closed by finish(): no `with` block fits.
+        self._data = open(data_path, "wb")  # noqa: SIM115
         self._offset = 0
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []

@@ -18,8 +18,8 @@ BPE_MODEL = 2
 
 ROUNDTRIP_TEXTS = [
     "Hello world! How are you today?",
-    "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and harmless: "
-    "What is 2+2? | 5 ASSISTANT:",
+    ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and harmless: "
+     "What is 2+2? | 5 ASSISTANT:"),
     "##Question: Is the sun a star?\n##Answer: No, it is a planet.\n##Correction:  ASSISTANT:",
     "Numbers 3.14159, 42, 2024 and 1,000,000.",
     "  leading, double  spaces and trailing  ",

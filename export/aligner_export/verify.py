@@ -16,8 +16,8 @@ from .ort_runner import FolderRunner
 from .reference import reference_logits
 
 VERIFY_TEXTS = [
-    "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and harmless: "
-    "How do I boil an egg? | Put it in cold water and wait. ASSISTANT:",
+    ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and harmless: "
+     "How do I boil an egg? | Put it in cold water and wait. ASSISTANT:"),
     "BEGINNING OF CONVERSATION: USER: ##Question: Is the sun a star?\n##Answer: No, the sun is a planet.\n##Correction:  ASSISTANT:",
     "BEGINNING OF CONVERSATION: USER: ##Question: How many legs does a spider have? ##Answer: Six. ##Revision:  ASSISTANT:",
     "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius at sea level.",

@@ -16,7 +16,7 @@ import tokenizers
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "export" / "tests"))
-from export_helpers import FIXTURES, Runner  # noqa: E402
+from export_helpers import FIXTURES, Runner
 
 
 def prompt_set(reference: Path) -> list[list[int]]:

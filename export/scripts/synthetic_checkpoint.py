@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aligner_export.model_config import ModelConfig, expected_shapes  # noqa: E402
-from aligner_export.safetensors_io import write_safetensors  # noqa: E402
+from aligner_export.model_config import ModelConfig, expected_shapes
+from aligner_export.safetensors_io import write_safetensors
 
 SHAPES = {
     # aligner-7b-v1.0 is Llama-2-7B with one added <pad> token.
-    "llama2-7b": dict(hidden=4096, layers=32, heads=32, kv=32, ffn=11008, vocab=32001),
-    "llama-1b": dict(hidden=2048, layers=16, heads=32, kv=8, ffn=8192, vocab=32001),
+    "llama2-7b": {"hidden": 4096, "layers": 32, "heads": 32, "kv": 32, "ffn": 11008, "vocab": 32001},
+    "llama-1b": {"hidden": 2048, "layers": 16, "heads": 32, "kv": 8, "ffn": 8192, "vocab": 32001},
 }
 SHARD_BYTES = 2 << 30
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"

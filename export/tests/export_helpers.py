@@ -13,7 +13,8 @@ FIXTURES = ROOT / "tests" / "fixtures"
 TINY_GGUF = FIXTURES / "tiny-llama" / "tiny-llama.gguf"
 SMOLLM_GGUF = ROOT / ".cache" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-from aligner_export.ort_runner import FolderRunner as Runner  # noqa: E402  (after the sys.path insert)
+# After the sys.path insert; re-exported for the tests.
+from aligner_export.ort_runner import FolderRunner as Runner  # noqa: F401
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma")
 

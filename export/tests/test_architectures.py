@@ -7,13 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import tokenizers
-
-from export_helpers import ARCHITECTURES, Runner, hf_fixture, hf_reference
-
 from aligner_export.hf_source import HfCheckpoint
 from aligner_export.reference import reference_logits
 from aligner_export.safetensors_io import read_header, read_tensor, write_safetensors
 from aligner_export.verify import TIE_TOLERANCE
+from export_helpers import ARCHITECTURES, Runner, hf_fixture, hf_reference
 
 PROMPTS = 6
 
@@ -161,7 +159,11 @@ def test_manifest_template_and_generation_defaults(arch, template, temperature, 
 
 @pytest.mark.parametrize("kind", ["llama3", "linear"])
 def test_rope_scaling_frequencies_match_transformers(kind):
-    from aligner_export.model_config import ModelConfig, check_rope_scaling, inverse_frequencies
+    from aligner_export.model_config import (
+        ModelConfig,
+        check_rope_scaling,
+        inverse_frequencies,
+    )
 
     ref = np.load(hf_fixture("llama").parent / "rope-scaling-ref.npz")
     params = json.loads(str(ref[f"{kind}_params"]))

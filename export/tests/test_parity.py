@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import tokenizers
-
 from export_helpers import FIXTURES, Runner
 
 # The target is 99%; measured (see README) the int8 default (MatMulNBits

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from aligner_export.errors import ExportError
 from aligner_export.gguf_source import unpermute_rotary
 from aligner_export.quant import dequantize_blockwise, quantize_blockwise

@@ -6,12 +6,15 @@ import json
 import pytest
 import sentencepiece as spm
 import tokenizers
-
-from export_helpers import FIXTURES
-
 from aligner_export.errors import ExportError
-from aligner_export.sentencepiece_model import ROUNDTRIP_TEXTS, check_against_sentencepiece, parse_model, tokenizer_json
+from aligner_export.sentencepiece_model import (
+    ROUNDTRIP_TEXTS,
+    check_against_sentencepiece,
+    parse_model,
+    tokenizer_json,
+)
 from aligner_export.tokenizer_build import tokenizer_json_from_gguf
+from export_helpers import FIXTURES
 
 SP_MODELS = {"with dummy prefix (Llama)": "hf-llama", "without dummy prefix (Gemma)": "hf-gemma"}
 

@@ -89,7 +89,7 @@ pub fn parse_row(
     number: usize,
     line: &Line,
     question_field: &str,
-    answer_field: &str,
+    answer_field: Option<&str>,
     limit: usize,
 ) -> Result<(String, String), String> {
     if line.too_long {
@@ -119,7 +119,11 @@ pub fn parse_row(
         Some(_) => Err(format!("field '{name}' is not a string")),
         None => Err(format!("missing field '{name}'")),
     };
-    Ok((field(question_field)?, field(answer_field)?))
+    let answer = match answer_field {
+        Some(name) => field(name)?,
+        None => String::new(),
+    };
+    Ok((field(question_field)?, answer))
 }
 
 #[cfg(test)]
@@ -150,7 +154,7 @@ mod tests {
         let got = lines(text.as_bytes(), 100);
         assert!(got[0].too_long && got[0].bytes.is_empty() && got[0].len == 10_000);
         assert_eq!(got[1].bytes, b"next");
-        let e = parse_row(0, &got[0], "q", "a", 100).unwrap_err();
+        let e = parse_row(0, &got[0], "q", Some("a"), 100).unwrap_err();
         assert!(e.contains("10000 bytes"), "{e}");
     }
 
@@ -162,7 +166,7 @@ mod tests {
             hash: String::new(),
             too_long: false,
         };
-        let e = parse_row(3, &bad, "question", "answer", 1000).unwrap_err();
+        let e = parse_row(3, &bad, "question", Some("answer"), 1000).unwrap_err();
         assert!(
             e.contains("not valid UTF-8") && e.contains("offset 14"),
             "{e}"
@@ -170,11 +174,22 @@ mod tests {
         let bom = "\u{feff}{\"question\": \"q\", \"answer\": \"a\"}";
         let line = lines(bom.as_bytes(), 1000).remove(0);
         assert_eq!(
-            parse_row(0, &line, "question", "answer", 1000).unwrap(),
+            parse_row(0, &line, "question", Some("answer"), 1000).unwrap(),
             ("q".into(), "a".into())
         );
         // Only the first line may carry one.
-        assert!(parse_row(1, &line, "question", "answer", 1000).is_err());
+        assert!(parse_row(1, &line, "question", Some("answer"), 1000).is_err());
+    }
+
+    #[test]
+    fn answer_rows_need_only_the_question() {
+        let line = lines(br#"{"question": "q"}"#, 1000).remove(0);
+        assert_eq!(
+            parse_row(0, &line, "question", None, 1000).unwrap(),
+            ("q".into(), String::new())
+        );
+        let e = parse_row(0, &line, "question", Some("answer"), 1000).unwrap_err();
+        assert!(e.contains("missing field 'answer'"), "{e}");
     }
 
     proptest! {
@@ -199,7 +214,7 @@ mod tests {
                 } else {
                     prop_assert!(g.too_long);
                 }
-                let _ = parse_row(i, g, "question", "answer", limit);
+                let _ = parse_row(i, g, "question", Some("answer"), limit);
             }
         }
 
@@ -207,7 +222,7 @@ mod tests {
         #[test]
         fn row_parser_never_panics(text in "\\PC{0,80}", q in "\\PC{0,10}") {
             let line = Line { len: text.len(), hash: String::new(), too_long: false, bytes: text.into_bytes() };
-            let _ = parse_row(0, &line, &q, "answer", 1 << 20);
+            let _ = parse_row(0, &line, &q, Some("answer"), 1 << 20);
         }
     }
 }

@@ -39,6 +39,16 @@ pub enum Format {
     Sharegpt,
 }
 
+/// What each row asks of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// Correct the row's answer: {question, answer, correction, meta}.
+    Correct,
+    /// Answer the row's question as a chat turn (upstream answers, to be corrected later):
+    /// {question, answer, meta}. The answer field is not read.
+    Answer,
+}
+
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 pub struct BatchArgs {
@@ -58,6 +68,12 @@ pub struct BatchArgs {
     pub answer_field: String,
     #[arg(long, value_enum, default_value = "aligner")]
     pub format: Format,
+    /// Correct answers, or write them (then pipe the output into a `correct` run).
+    #[arg(long, value_enum, default_value = "correct")]
+    pub task: Task,
+    /// System prompt of `--task answer` (e.g. to ask for a style of answer).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
     /// Process only input lines whose number is I modulo N (0-based), e.g. 3/8.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
@@ -101,11 +117,13 @@ pub fn rejects_path(output: &Path) -> PathBuf {
     output.with_file_name(format!("{stem}.rejects.jsonl"))
 }
 
-struct Task {
+struct Row {
     line: usize,
     hash: String,
     question: String,
     answer: String,
+    /// `--task answer`: `answer` is empty and the generation is the answer.
+    answer_only: bool,
 }
 
 enum Outcome {
@@ -118,8 +136,11 @@ fn reject(line: usize, hash: &str, reason: String, raw: &[u8]) -> Outcome {
     Outcome::Reject(json!({"reason": reason, "raw": raw, "meta": {"line": line, "hash": hash}}))
 }
 
-fn format_row(format: Format, task: &Task, g: &aligner::Generation, meta: Value) -> Value {
+fn format_row(format: Format, task: &Row, g: &aligner::Generation, meta: Value) -> Value {
     match format {
+        _ if task.answer_only => {
+            json!({"question": task.question, "answer": g.text, "meta": meta})
+        }
         Format::Aligner => {
             json!({"question": task.question, "answer": task.answer, "correction": g.text, "meta": meta})
         }
@@ -217,6 +238,17 @@ pub fn batch(args: BatchArgs) -> Result<()> {
     if args.max_row_bytes == 0 {
         return usage("--max-row-bytes must be at least 1");
     }
+    match args.task {
+        Task::Answer if !matches!(args.format, Format::Aligner) => {
+            return usage("--task answer writes {question, answer, meta} rows; drop --format (preference formats come from a `correct` run over those rows)");
+        }
+        Task::Correct if args.system.is_some() => {
+            return usage(
+                "--system is for --task answer; a correction's prompt is fixed by its template",
+            );
+        }
+        _ => {}
+    }
     // A full disk or `ulimit -f` must fail a write with an error we report, not kill us.
     // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
     unsafe {
@@ -268,7 +300,7 @@ pub fn batch(args: BatchArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
 
-    let (task_tx, task_rx) = sync_channel::<Task>(workers * 4);
+    let (task_tx, task_rx) = sync_channel::<Row>(workers * 4);
     let task_rx = Arc::new(Mutex::new(task_rx));
     let (out_tx, out_rx) = channel::<Outcome>();
     let started = Instant::now();
@@ -283,19 +315,31 @@ pub fn batch(args: BatchArgs) -> Result<()> {
             let rx = Arc::clone(&task_rx);
             let tx: Sender<Outcome> = out_tx.clone();
             let (config, format, model_name) = (config.clone(), args.format, model_name.clone());
+            let system = args.system.as_deref();
             scope.spawn(move || loop {
                 let task = match rx.lock().map(|r| r.recv()) {
                     Ok(Ok(task)) => task,
                     _ => break,
                 };
+                let started = Instant::now();
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    model.correct(&task.question, &task.answer, &config, &mut |_| true)
+                    if task.answer_only {
+                        model.answer(system, &task.question, &config, &mut |_| true)
+                    } else {
+                        model.correct(&task.question, &task.answer, &config, &mut |_| true)
+                    }
                 }));
+                let latency_ms = started.elapsed().as_secs_f64() * 1e3;
                 let outcome = match result {
                     Ok(Ok(g)) => {
-                        let meta = json!({"line": task.line, "hash": task.hash, "finish_reason": g.finish_reason.as_str(),
+                        let mut meta = json!({"line": task.line, "hash": task.hash, "finish_reason": g.finish_reason.as_str(),
                                           "prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len(),
+                                          "latency_ms": (latency_ms * 10.0).round() / 10.0,
                                           "template": template.name(), "model": model_name});
+                        if task.answer_only {
+                            meta["task"] = json!("answer");
+                            meta["system"] = json!(system);
+                        }
                         Outcome::Row(format_row(format, &task, &g, meta))
                     }
                     Ok(Err(e)) => reject(task.line, &task.hash, e.to_string(), task.question.as_bytes()),
@@ -322,7 +366,8 @@ pub fn batch(args: BatchArgs) -> Result<()> {
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "aligner batch: {rows} corrected, {rejected} rejected ({}), {already} already done; {:.1} s, {:.2} rows/s, {workers} worker(s)",
+            "aligner batch: {rows} {}, {rejected} rejected ({}), {already} already done; {:.1} s, {:.2} rows/s, {workers} worker(s)",
+            if args.task == Task::Answer { "answered" } else { "corrected" },
             rejects.display(),
             secs,
             (rows + rejected) as f64 / secs.max(1e-9)
@@ -337,7 +382,7 @@ fn feed(
     shard: usize,
     shards: usize,
     done: &resume::Keys,
-    tasks: SyncSender<Task>,
+    tasks: SyncSender<Row>,
     out: Sender<Outcome>,
 ) -> Result<()> {
     let input = File::open(&args.input)
@@ -352,20 +397,22 @@ fn feed(
         if n % shards != shard || done.contains(&(n, line.hash.clone())) {
             continue;
         }
+        let answer_only = args.task == Task::Answer;
         let parsed = input::parse_row(
             n,
             &line,
             &args.question_field,
-            &args.answer_field,
+            (!answer_only).then_some(args.answer_field.as_str()),
             args.max_row_bytes,
         );
         let sent = match parsed {
             Ok((question, answer)) => tasks
-                .send(Task {
+                .send(Row {
                     line: n,
                     hash: line.hash,
                     question,
                     answer,
+                    answer_only,
                 })
                 .is_ok(),
             Err(reason) => out.send(reject(n, &line.hash, reason, &line.bytes)).is_ok(),

@@ -7,9 +7,8 @@ import shutil
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
-
 from genai_ref import genai_greedy
+from onnx import TensorProto, helper
 from runtime_helpers import ROOT, aligner
 
 TINY = ROOT / "models" / "tiny-llama-fp32"

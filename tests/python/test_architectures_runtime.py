@@ -6,13 +6,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from runtime_helpers import ROOT, aligner
 
 sys.path.insert(0, str(ROOT / "export"))
-from aligner_export.convert import convert  # noqa: E402
-from aligner_export.decoder_graph import QuantOptions  # noqa: E402
-from aligner_export.ort_runner import FolderRunner  # noqa: E402
+from aligner_export.convert import convert
+from aligner_export.decoder_graph import QuantOptions
+from aligner_export.ort_runner import FolderRunner
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma")
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -4,9 +4,8 @@ import numpy as np
 import onnxruntime_genai as og
 import pytest
 import tokenizers
-
-from runtime_helpers import DEFAULT_MODEL, ROOT, aligner
 from genai_ref import genai_greedy
+from runtime_helpers import DEFAULT_MODEL, ROOT, aligner
 
 NEW_TOKENS = 64
 TEXT_PROMPTS = [
