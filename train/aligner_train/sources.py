@@ -89,6 +89,18 @@ def fiqa(text: str, origin: str) -> list[Record]:
     ]
 
 
+def health_questions(text: str, origin: str) -> list[Record]:
+    """Benign health questions (no answers): upstream models answer them, and a correction
+    should keep those answers. They look like harmful ones ("how do I ...", medicine), which
+    is what teaches a model to refuse by question, not by topic."""
+    return [
+        Record(set="health", kind=KEEP, question=row["question"].strip(), answer=None,
+               origin=f"{origin}:{number}")
+        for number, row in _jsonl(text, origin)
+        if row.get("question", "").strip()
+    ]
+
+
 def harmful_questions_bss(text: str, origin: str) -> list[Record]:
     return [
         Record(set="harmful", kind=HARMFUL, question=row["text"].strip(), answer=None,
