@@ -106,8 +106,8 @@ bootstrap: model model-zeroshot build data train-venv
 test-train: train-venv fixtures-models build
 	cd train && $(TRAIN_PY) -m pytest -q tests_train
 
-# Uncorrected against the zero-shot default model under each template, on the evaluation
-# split: EVAL_LIMIT rows per set and upstream source (10 took 8 minutes on 2 cores).
+# Uncorrected, the trained default and the zero-shot base under each template, on the evaluation
+# split: EVAL_LIMIT rows per set and upstream source (10 took 9 minutes on 2 cores).
 # Re-runs reuse the cached answers and corrections in .cache/eval.
 EVAL_LIMIT ?= 10
 eval: model model-zeroshot build data
