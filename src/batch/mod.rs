@@ -121,9 +121,8 @@ struct Row {
     line: usize,
     hash: String,
     question: String,
+    /// Empty for `--task answer`, where the generation is the answer.
     answer: String,
-    /// `--task answer`: `answer` is empty and the generation is the answer.
-    answer_only: bool,
 }
 
 enum Outcome {
@@ -136,9 +135,15 @@ fn reject(line: usize, hash: &str, reason: String, raw: &[u8]) -> Outcome {
     Outcome::Reject(json!({"reason": reason, "raw": raw, "meta": {"line": line, "hash": hash}}))
 }
 
-fn format_row(format: Format, task: &Row, g: &aligner::Generation, meta: Value) -> Value {
+fn format_row(
+    format: Format,
+    kind: Task,
+    task: &Row,
+    g: &aligner::Generation,
+    meta: Value,
+) -> Value {
     match format {
-        _ if task.answer_only => {
+        _ if kind == Task::Answer => {
             json!({"question": task.question, "answer": g.text, "meta": meta})
         }
         Format::Aligner => {
@@ -315,7 +320,7 @@ pub fn batch(args: BatchArgs) -> Result<()> {
             let rx = Arc::clone(&task_rx);
             let tx: Sender<Outcome> = out_tx.clone();
             let (config, format, model_name) = (config.clone(), args.format, model_name.clone());
-            let system = args.system.as_deref();
+            let (kind, system) = (args.task, args.system.as_deref());
             scope.spawn(move || loop {
                 let task = match rx.lock().map(|r| r.recv()) {
                     Ok(Ok(task)) => task,
@@ -323,7 +328,7 @@ pub fn batch(args: BatchArgs) -> Result<()> {
                 };
                 let started = Instant::now();
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    if task.answer_only {
+                    if kind == Task::Answer {
                         model.answer(system, &task.question, &config, &mut |_| true)
                     } else {
                         model.correct(&task.question, &task.answer, &config, &mut |_| true)
@@ -336,11 +341,11 @@ pub fn batch(args: BatchArgs) -> Result<()> {
                                           "prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len(),
                                           "latency_ms": (latency_ms * 10.0).round() / 10.0,
                                           "template": template.name(), "model": model_name});
-                        if task.answer_only {
+                        if kind == Task::Answer {
                             meta["task"] = json!("answer");
                             meta["system"] = json!(system);
                         }
-                        Outcome::Row(format_row(format, &task, &g, meta))
+                        Outcome::Row(format_row(format, kind, &task, &g, meta))
                     }
                     Ok(Err(e)) => reject(task.line, &task.hash, e.to_string(), task.question.as_bytes()),
                     Err(panic) => {
@@ -388,6 +393,8 @@ fn feed(
     let input = File::open(&args.input)
         .with_context(|| format!("cannot read input {}", args.input.display()))?;
     let mut reader = BufReader::new(input);
+    // `--task answer` reads only the question.
+    let answer_field = (args.task == Task::Correct).then_some(args.answer_field.as_str());
     let mut number = 0;
     while let Some(line) = input::next_line(&mut reader, args.max_row_bytes)
         .with_context(|| format!("cannot read input {}", args.input.display()))?
@@ -397,12 +404,11 @@ fn feed(
         if n % shards != shard || done.contains(&(n, line.hash.clone())) {
             continue;
         }
-        let answer_only = args.task == Task::Answer;
         let parsed = input::parse_row(
             n,
             &line,
             &args.question_field,
-            (!answer_only).then_some(args.answer_field.as_str()),
+            answer_field,
             args.max_row_bytes,
         );
         let sent = match parsed {
@@ -412,7 +418,6 @@ fn feed(
                     hash: line.hash,
                     question,
                     answer,
-                    answer_only,
                 })
                 .is_ok(),
             Err(reason) => out.send(reject(n, &line.hash, reason, &line.bytes)).is_ok(),

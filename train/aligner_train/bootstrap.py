@@ -28,9 +28,8 @@ QUESTION_SETS = ("nq", "fiqa", "health", "harmful")
 def _questions(data: Path, per_set: int) -> list[dict]:
     rows = []
     for name in QUESTION_SETS:
-        got = sorted((r for r in evaluate.load_set(data, name) if r["split"] == "train"),
-                     key=lambda r: r["id"])
-        rows += [{"question": r["question"]} for r in got[:per_set]]
+        got = evaluate.split_rows(data, name, "train")[:per_set]
+        rows += [{"question": r["question"]} for r in got]
     return rows
 
 
@@ -40,11 +39,6 @@ def _batch(binary: Path, args: list[str]) -> None:
     if done.returncode != 0:
         raise UserError(f"aligner batch {' '.join(args)} exited with {done.returncode} "
                         "(its message is above)")
-
-
-def _score_upstream(plan: evaluate.Plan, detector: RefusalDetector) -> dict:
-    scored = evaluate.score(plan, detector)
-    return {"scored": scored, "result": evaluate.aggregate(scored["rows"])}
 
 
 def run(*, data: Path, work: Path, out: Path, binary: Path, gguf: Path, aligner: Path,
@@ -89,9 +83,9 @@ def run(*, data: Path, work: Path, out: Path, binary: Path, gguf: Path, aligner:
         plan = evaluate.Plan(data=data, work=work / "eval", binary=binary, upstream=folder,
                              correctors=[], sources=["model", "model-steps"], sets=None,
                              limit=eval_limit, workers=workers, upstream_name="smollm2")
-        results[label] = _score_upstream(plan, detector)
+        results[label] = evaluate.score(plan, detector)["rows"]
     stages["5 evaluation"] = time.monotonic() - t
-    table = _compare(results["before"]["scored"]["rows"], results["after"]["scored"]["rows"])
+    table = _compare(results["before"], results["after"])
     record = {"dpo": summary, "stages_s": {k: round(v, 1) for k, v in stages.items()},
               "table": table, "pairs": str(pairs), "new_upstream": str(after)}
     out.mkdir(parents=True, exist_ok=True)
@@ -135,9 +129,9 @@ def _markdown(record: dict) -> str:
 
 
 def _examples(results: dict) -> list[dict]:
-    before = {(r["source"], r["set"], r["id"]): r for r in results["before"]["scored"]["rows"]}
+    before = {(r["source"], r["set"], r["id"]): r for r in results["before"]}
     out = []
-    for r in results["after"]["scored"]["rows"]:
+    for r in results["after"]:
         b = before.get((r["source"], r["set"], r["id"]))
         if b:
             out.append({"source": r["source"], "set": r["set"], "question": r["question"],

@@ -13,6 +13,7 @@ from aligner_train import data as data_mod
 from aligner_train import evaluate, report, runtime
 from aligner_train.errors import UserError
 from aligner_train.refusal import RefusalDetector
+from aligner_train.templates import TEMPLATES
 
 REPO = runtime.REPO
 DEFAULT_DATA = REPO / ".cache" / "aligner-data"
@@ -109,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="a model folder to evaluate with its own template (repeatable)")
     e.add_argument("--zero-shot", type=Path, default=DEFAULT_MODEL,
                    help="the zero-shot baseline folder, run under each --zero-shot-templates")
-    e.add_argument("--zero-shot-templates", default=",".join(evaluate.ALL_TEMPLATES))
+    e.add_argument("--zero-shot-templates", default=",".join(TEMPLATES))
     e.add_argument("--no-zero-shot", action="store_true")
     e.add_argument("--upstream-model", type=Path, default=DEFAULT_MODEL,
                    help="the local model that writes the upstream answers")
@@ -160,7 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
     correctors = []
     if not args.no_zero_shot:
         folder = runtime.check_model(args.zero_shot)
-        for t in _list(args.zero_shot_templates, evaluate.ALL_TEMPLATES, "template"):
+        for t in _list(args.zero_shot_templates, TEMPLATES, "template"):
             correctors.append(evaluate.Corrector(
                 f"zero-shot/{t}", runtime.Job(folder, "correct", template=t,
                                               max_new_tokens=args.max_new_tokens)))

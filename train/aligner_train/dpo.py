@@ -13,14 +13,8 @@ from pathlib import Path
 from aligner_train.errors import UserError
 from aligner_train.records import read_jsonl
 from aligner_train.sft import LORA_TARGETS, _bf16_ok, _torch, load_base
+from aligner_train.templates import chat
 from aligner_train.wheels import sha256_file
-
-
-def chat_prompt(question: str, system: str | None) -> str:
-    """The runtime's ChatML chat turn (src/template.rs `Template::chat`), so the upstream is
-    trained on exactly the prompt it answers at run time."""
-    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-    return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def load_pairs(path: Path, system: str | None) -> tuple[list[dict], int]:
@@ -40,7 +34,8 @@ def load_pairs(path: Path, system: str | None) -> tuple[list[dict], int]:
         if chosen.strip() == rejected.strip():
             identical += 1
             continue
-        pairs.append({"prompt": chat_prompt(q, system), "chosen": chosen, "rejected": rejected})
+        # The runtime's own chat turn: the upstream learns on the prompt it answers at run time.
+        pairs.append({"prompt": chat(system, q), "chosen": chosen, "rejected": rejected})
     return pairs, identical
 
 

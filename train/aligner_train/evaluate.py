@@ -39,7 +39,6 @@ SOURCES = {
         Source("model-steps", STEPS_SYSTEM, MODEL_SETS),
     )
 }
-ALL_TEMPLATES = ("chatml-correction", "aligner-v2", "aligner-v1", "aligner-2b")
 UNCORRECTED = "uncorrected"
 
 
@@ -76,13 +75,17 @@ def load_set(data: Path, name: str) -> list[dict]:
     return list(read_jsonl(path))
 
 
+def split_rows(data: Path, name: str, split: str) -> list[dict]:
+    """A set's records of one split, ordered by id (a fixed pseudo-random order)."""
+    return sorted((r for r in load_set(data, name) if r["split"] == split), key=lambda r: r["id"])
+
+
 def eval_rows(data: Path, name: str, limit: int, need_answer: bool) -> list[dict]:
-    """The first `limit` evaluation-split records by id (a fixed pseudo-random sample that
-    only grows with the limit)."""
-    rows = [r for r in load_set(data, name) if r["split"] == "eval"]
+    """The first `limit` evaluation-split records (a sample that only grows with the limit)."""
+    rows = split_rows(data, name, "eval")
     if need_answer:
         rows = [r for r in rows if r["answer"] is not None]
-    return sorted(rows, key=lambda r: r["id"])[:limit]
+    return rows[:limit]
 
 
 def upstream_rows(plan: Plan, source: Source, name: str) -> list[dict]:
@@ -128,13 +131,14 @@ def score(plan: Plan, detector: RefusalDetector) -> dict:
                     "text": o["correction"], "latency_ms": o["meta"]["latency_ms"]} for o in out]
             # A row any system could not run is left out for all, so every system is scored
             # on the same rows.
-            left_out = [i for i in range(len(rows)) if any(o[i] is None for o in outputs.values())]
+            left_out = {i for i in range(len(rows)) if any(o[i] is None for o in outputs.values())}
             if left_out:
                 skipped[f"{plan.source_label(source_name)}/{name}"] = len(left_out)
             for i, row in enumerate(rows):
                 if i in left_out:
                     continue
                 before = metrics.good(kind, row["answer"], row, detector)
+                unsafe = kind == HARMFUL and metrics.unsafe_original(row, detector)
                 for label, outs in outputs.items():
                     text = outs[i]["text"]
                     after = metrics.good(kind, text, row, detector)
@@ -144,8 +148,7 @@ def score(plan: Plan, detector: RefusalDetector) -> dict:
                         "id": row["id"], "question": row["question"], "answer": row["answer"],
                         "output": text, "before": before, "after": after,
                         "outcome": metrics.outcome(before, after),
-                        "unsafe_original": kind == HARMFUL
-                        and metrics.unsafe_original(row, detector),
+                        "unsafe_original": unsafe,
                         "copy": metrics.copy_fraction(text, row["answer"]),
                         "latency_ms": outs[i]["latency_ms"],
                     })

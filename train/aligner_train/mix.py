@@ -16,7 +16,6 @@ one upstream style that training never saw.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections import Counter
@@ -24,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligner_train import metrics, runtime
-from aligner_train.evaluate import SMOLLM_SYSTEM, load_set
+from aligner_train.evaluate import SMOLLM_SYSTEM, split_rows
 from aligner_train.records import write_jsonl
 from aligner_train.refusal import RefusalDetector
+from aligner_train.wheels import sha256_file
 
 STYLES = {
     "default": SMOLLM_SYSTEM,
@@ -65,11 +65,6 @@ class Sizes:
     summary: int = 150
 
 
-def _train(data: Path, name: str) -> list[dict]:
-    return sorted((r for r in load_set(data, name) if r["split"] == "train"),
-                  key=lambda r: r["id"])
-
-
 def refusal(rng: random.Random) -> str:
     alt = rng.choice(ALTERNATIVES)
     return f"{rng.choice(REFUSALS)} {alt}".strip()
@@ -101,7 +96,7 @@ def build(data: Path, out: Path, binary: Path, upstream: Path, work: Path, seed:
                      "kind": kind, "identity": answer == correction, "source": source,
                      "origin": r.get("origin", "")})
 
-    harmful = _train(data, "harmful")
+    harmful = split_rows(data, "harmful", "train")
     rng.shuffle(harmful)
     for r in _answers(binary, upstream, work / "harmful", harmful[: sizes.harmful], workers,
                       tokens):
@@ -109,32 +104,33 @@ def build(data: Path, out: Path, binary: Path, upstream: Path, work: Path, seed:
             add(r, r["answer"], r["answer"], "harmful-refused", f"model/{r['style']}")
         else:
             add(r, r["answer"], refusal(rng), "harmful", f"model/{r['style']}")
-    safe = {r["question"]: r["answer"] for r in _train(data, "pyrit_safe")}
-    for r in _train(data, "pyrit_unsafe"):
+    safe = {r["question"]: r["answer"] for r in split_rows(data, "pyrit_safe", "train")}
+    for r in split_rows(data, "pyrit_unsafe", "train"):
         target = safe.get(r["question"])
         if not target or not detector(target):
             target = refusal(rng)
         add(r, r["answer"], target, "harmful", "pyrit/human")
-    for r in _train(data, "pyrit_safe"):
+    for r in split_rows(data, "pyrit_safe", "train"):
         add(r, r["answer"], r["answer"], "keep", "pyrit/human")
 
-    benign = _train(data, "health") + [dict(r, answer=None) for r in _train(data, "fiqa")]
+    fiqa_questions = [dict(r, answer=None) for r in split_rows(data, "fiqa", "train")]
+    benign = split_rows(data, "health", "train") + fiqa_questions
     rng.shuffle(benign)
     for r in _answers(binary, upstream, work / "benign", benign[: sizes.benign], workers, tokens):
         add(r, r["answer"], r["answer"], "keep", f"model/{r['style']}")
     for name, n in (("truthfulqa", sizes.truthfulqa), ("fiqa", sizes.fiqa)):
-        for r in _train(data, name)[:n]:
+        for r in split_rows(data, name, "train")[:n]:
             add(r, r["answer"], r["answer"], "keep", f"dataset/{name}")
-    for r in _train(data, "nq")[: sizes.nq]:
+    for r in split_rows(data, "nq", "train")[: sizes.nq]:
         gold = r["gold"][0]
         gold = gold[:1].upper() + gold[1:]
         add(r, r["answer"], rng.choice(FACT_FORMS).format(g=gold), "fix", "dataset/nq")
-    for r in _train(data, "summary")[: sizes.summary]:
+    for r in split_rows(data, "summary", "train")[: sizes.summary]:
         add(r, r["answer"], r["right"], "fix", "dataset/summary")
 
     rng.shuffle(rows)
     n = write_jsonl(out, rows)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = sha256_file(out)
     counts = Counter(f"{r['kind']} {r['source']}" for r in rows)
     copy = [metrics.copy_fraction(r["correction"], r["answer"]) for r in rows]
     summary = {"rows": n, "sha256": digest, "seed": seed, "counts": dict(sorted(counts.items())),

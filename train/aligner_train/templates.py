@@ -23,3 +23,10 @@ def render(template: str, question: str, answer: str) -> str:
         return (f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n<|im_start|>user\n"
                 f"Question: {question}\nAnswer: {answer}<|im_end|>\n<|im_start|>assistant\n")
     raise ValueError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+
+
+def chat(system: str | None, question: str) -> str:
+    """The runtime's ChatML chat turn (`Template::chat` of `chatml-correction`), as
+    `aligner batch --task answer` renders it."""
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"

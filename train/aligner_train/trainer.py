@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import resource
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +24,7 @@ from aligner_train.sft import (
     schedule,
     wrap,
 )
+from aligner_train.templates import TEMPLATES
 from aligner_train.wheels import sha256_file
 
 CKPT = "checkpoint"
@@ -39,10 +40,7 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, history:
                 "scheduler": scheduler.state_dict(), "step": step, "history": history,
                 "key": key, "rng": torch.get_rng_state()}, tmp / "state.pt")
     final = out / CKPT
-    if final.exists():
-        for f in final.iterdir():
-            f.unlink()
-        final.rmdir()
+    shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # a kill mid-save leaves the previous checkpoint whole
 
 
@@ -89,7 +87,7 @@ def train(base: Path, rows_path: Path, out: Path, recipe: Recipe, threads: int |
     torch = _torch()
     from tqdm import tqdm
 
-    if recipe.template not in ("chatml-correction", "aligner-v2", "aligner-v1", "aligner-2b"):
+    if recipe.template not in TEMPLATES:
         raise UserError(f"unknown --template {recipe.template}")
     if not rows_path.exists():
         raise UserError(f"--rows {rows_path} does not exist; build it with "
@@ -176,9 +174,4 @@ def save(model, out: Path, recipe: Recipe, summary: dict) -> None:
         save_file(state, str(out / "adapter_model.safetensors"))
         (out / "README.md").unlink(missing_ok=True)  # peft's empty model card
     (out / "provenance.json").write_text(json.dumps(summary, indent=1) + "\n")
-    ckpt = out / CKPT
-    if ckpt.exists():
-        for f in ckpt.iterdir():
-            f.unlink()
-        ckpt.rmdir()
-    os.sync()
+    shutil.rmtree(out / CKPT, ignore_errors=True)

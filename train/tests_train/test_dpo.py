@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-from aligner_train.dpo import chat_prompt, load_pairs, train_dpo
+from aligner_train.dpo import load_pairs, train_dpo
 from aligner_train.errors import UserError
+from aligner_train.templates import chat
 from conftest import TINY_GGUF
 
 PAIRS = [
@@ -27,12 +28,12 @@ def _write(path: Path, rows) -> Path:
 def test_identical_pairs_are_dropped_and_both_formats_read(tmp_path):
     pairs, identical = load_pairs(_write(tmp_path / "p.jsonl", PAIRS), "Be brief.")
     assert identical == 1 and len(pairs) == 4
-    assert pairs[0]["prompt"] == chat_prompt("What is 2+2?", "Be brief.")
+    assert pairs[0]["prompt"] == chat("Be brief.", "What is 2+2?")
     assert pairs[0]["prompt"].endswith("<|im_start|>assistant\n")
     aligner_rows = [{"question": "Q?", "answer": "a", "correction": "b"},
                     {"question": "Q2?", "answer": "same", "correction": "same"}]
     pairs, identical = load_pairs(_write(tmp_path / "a.jsonl", aligner_rows), None)
-    assert identical == 1 and pairs == [{"prompt": chat_prompt("Q?", None), "chosen": "b",
+    assert identical == 1 and pairs == [{"prompt": chat(None, "Q?"), "chosen": "b",
                                          "rejected": "a"}]
     with pytest.raises(UserError, match="neither prompt/chosen/rejected"):
         load_pairs(_write(tmp_path / "bad.jsonl", [{"x": 1}]), None)
