@@ -41,9 +41,8 @@ pub struct GenerationConfig {
     pub max_prompt_tokens: Option<usize>,
 }
 
-/// Temperatures below this sample greedily: dividing logits by 1e-40 overflows to infinities
-/// and NaNs, and any temperature this small is greedy in effect anyway.
-pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-4;
+pub use crate::sampler::GREEDY_BELOW_TEMPERATURE;
+use crate::sampler::SamplingParams;
 
 impl Default for GenerationConfig {
     fn default() -> Self {
@@ -66,16 +65,28 @@ impl Default for GenerationConfig {
 }
 
 /// Sampling settings to change on top of a [`GenerationConfig`] (from CLI flags or request
-/// fields); `None` keeps the base value.
+/// fields); `None` keeps the base value. With the `cli` feature it is also the command line's
+/// flag group, so the flags and the request fields cannot drift apart.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct SamplingOverrides {
     #[serde(alias = "max_tokens", alias = "max_completion_tokens")]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub max_new_tokens: Option<usize>,
+    /// 0 = greedy.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub temperature: Option<f32>,
+    /// 0 = off.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub top_k: Option<usize>,
+    #[cfg_attr(feature = "cli", arg(long))]
     pub top_p: Option<f32>,
+    #[cfg_attr(feature = "cli", arg(long))]
     pub min_p: Option<f32>,
+    /// 1 = off; counts generated tokens only unless --penalize-prompt.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub repetition_penalty: Option<f32>,
+    #[cfg_attr(feature = "cli", arg(long))]
     pub seed: Option<u64>,
 }
 
@@ -159,6 +170,18 @@ impl GenerationConfig {
     pub fn with_max_prompt_tokens(mut self, n: usize) -> Self {
         self.max_prompt_tokens = Some(n);
         self
+    }
+
+    /// The part of these settings the [`Sampler`](crate::sampler::Sampler) reads.
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed.unwrap_or(0),
+        }
     }
 
     /// Rejects values that have no meaning, naming the flag and the valid range.

@@ -19,6 +19,9 @@ pub enum Error {
     /// ONNX Runtime failed while running the graph.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The caller stopped the generation (a server's client went away).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// The tokenizer could not encode or decode.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
@@ -48,8 +51,18 @@ impl Error {
     }
 }
 
-impl<R> From<ort::Error<R>> for Error {
-    fn from(e: ort::Error<R>) -> Self {
+// ONNX Runtime's errors have no `From`: each call site says which phase failed, so a
+// session that cannot be built is a `Load` error and a failed run an `Inference` one (as
+// text-embeddings-inference's ORT backend maps them), never one label for both.
+impl Error {
+    /// An ONNX Runtime failure while running the graph.
+    pub(crate) fn ort_run<R>(e: ort::Error<R>) -> Self {
         Error::Inference(e.message().to_string())
+    }
+
+    /// An ONNX Runtime failure while building a session over `path`.
+    pub(crate) fn ort_load<R>(path: impl Into<PathBuf>) -> impl FnOnce(ort::Error<R>) -> Self {
+        let path = path.into();
+        move |e| Error::load(path, format!("ONNX Runtime: {}", e.message()))
     }
 }

@@ -27,13 +27,13 @@ pub struct GenaiSearch {
     pub past_present_share_buffer: bool,
 }
 
+/// The fields of genai_config.json's `model` that the runtime reads; others (bos and pad ids,
+/// which a decoder-only correction never needs) are ignored.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GenaiModel {
-    pub bos_token_id: Option<u32>,
     pub context_length: usize,
     pub decoder: GenaiDecoder,
     pub eos_token_id: OneOrMany,
-    pub pad_token_id: Option<u32>,
     #[serde(rename = "type")]
     pub model_type: String,
     pub vocab_size: usize,

@@ -1,67 +1,44 @@
 //! The generation loop: one prefill pass over the prompt, then one pass per new token over the
-//! KV cache, with sampling, stop conditions and streamed text.
+//! KV cache, with sampling, stop conditions and streamed text. [`Generator::start`] (validate,
+//! prefill, first token) is shared with the speculative loop in [`crate::speculative`].
 
 use std::time::Instant;
-
-use serde::Serialize;
 
 use crate::config::GenerationConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCursor;
 use crate::model::DecoderModel;
-use crate::sampler::Sampler;
-use crate::stop::{FinishReason, StopStrings};
-use crate::tokenizer::{Decode, DecodeStream};
+use crate::output::ms_since;
+pub use crate::output::{DraftStats, Generation, Timings};
+use crate::sequence::{Chooser, TokenSink};
+use crate::stop::FinishReason;
+use crate::tokenizer::Decode;
 
 /// Prompt tokens per forward pass. A long prompt runs in chunks so its activation memory stays
 /// bounded (a 4,000-token pass once grew the process by a gigabyte for good) and a caller can
 /// cancel between chunks; prompts up to this length still run in one pass.
 pub const PREFILL_CHUNK: usize = 512;
 
-/// Wall-clock split of one generation, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Timings {
-    /// Prompt forward pass (time to first token, less sampling).
-    pub prefill_ms: f64,
-    /// All per-token passes after the first token.
-    pub decode_ms: f64,
-    pub total_ms: f64,
-}
-
-impl Timings {
-    pub fn prefill_tok_s(&self, prompt_tokens: usize) -> f64 {
-        rate(prompt_tokens, self.prefill_ms)
-    }
-    pub fn decode_tok_s(&self, new_tokens: usize) -> f64 {
-        rate(new_tokens.saturating_sub(1), self.decode_ms)
-    }
-}
-
-fn rate(n: usize, ms: f64) -> f64 {
-    if ms > 0.0 {
-        n as f64 * 1000.0 / ms
-    } else {
-        0.0
-    }
-}
-
-/// The result of one generation.
-#[derive(Debug, Clone, Serialize)]
-pub struct Generation {
-    pub text: String,
-    pub tokens: Vec<u32>,
-    pub prompt_tokens: usize,
-    pub finish_reason: FinishReason,
-    pub timings: Timings,
-    /// Copy-draft statistics, when speculative decoding ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drafts: Option<crate::speculative::DraftStats>,
-}
-
 /// Drives a [`DecoderModel`]; owns the cache cursor so every pass is planned in one place.
 pub struct Generator<'m, M: DecoderModel> {
-    model: &'m mut M,
-    cursor: KvCursor,
+    pub(crate) model: &'m mut M,
+    pub(crate) cursor: KvCursor,
+}
+
+/// A sequence after its prompt pass: the first token is chosen, not yet accepted.
+pub(crate) struct Started<'e, 'c> {
+    pub(crate) chooser: Chooser<'e>,
+    pub(crate) sink: TokenSink<'c>,
+    pub(crate) first: u32,
+    pub(crate) start: Instant,
+    pub(crate) prefill_ms: f64,
+}
+
+/// What [`Generator::start`] leads to: a running sequence, or a finished one (cancelled
+/// between prompt chunks).
+pub(crate) enum Start<'e, 'c> {
+    Running(Box<Started<'e, 'c>>),
+    Done(Generation),
 }
 
 impl<'m, M: DecoderModel> Generator<'m, M> {
@@ -84,18 +61,20 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         eos_ids: &[u32],
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let start = Instant::now();
-        let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
-        let mut chooser = Chooser::new(config, eos_ids, self.model.vocab_size(), prompt.len());
-        let Some(mut logits) = self.prefill(prompt, &mut sink)? else {
-            let now = Instant::now();
-            return Ok(sink.finish(FinishReason::Cancelled, start, ms_since(start), now));
+        let s = match self.start(prompt, config, eos_ids, on_text)? {
+            Start::Running(s) => s,
+            Start::Done(g) => return Ok(g),
         };
-        let prefill_ms = ms_since(start);
+        let Started {
+            mut chooser,
+            mut sink,
+            first,
+            start,
+            prefill_ms,
+        } = *s;
         let decode_start = Instant::now();
-
+        let mut token = first;
         let finish_reason = loop {
-            let token = chooser.choose(logits, &sink.history);
             if let Some(reason) = sink.accept(decoder, token)? {
                 break reason;
             }
@@ -103,19 +82,47 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
                 break FinishReason::ContextFull;
             }
             let plan = self.cursor.plan(1)?;
-            logits = self.model.forward(&[token], plan)?;
+            let logits = self.model.forward(&[token], plan)?;
             self.cursor.commit(plan);
+            token = chooser.choose(logits, &sink.history);
         };
         Ok(sink.finish(finish_reason, start, prefill_ms, decode_start))
     }
 
-    /// Runs the prompt in chunks of [`PREFILL_CHUNK`] tokens and returns the logits of its last
-    /// position, or `None` when the caller cancelled between chunks. Both loops start here.
-    pub(crate) fn prefill(
+    /// Validates, sizes the cache, runs the prompt and chooses the first token: the part both
+    /// loops share, so their timings and their ends agree. `prefill_ms` is the time to that
+    /// first token.
+    pub(crate) fn start<'e, 'c>(
         &mut self,
         prompt: &[u32],
-        sink: &mut TokenSink<'_>,
-    ) -> Result<Option<&mut [f32]>> {
+        config: &GenerationConfig,
+        eos_ids: &'e [u32],
+        on_text: &'c mut dyn FnMut(&str) -> bool,
+    ) -> Result<Start<'e, 'c>>
+    where
+        'e: 'c,
+    {
+        let start = Instant::now();
+        let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
+        let mut chooser = Chooser::new(config, eos_ids, self.model.vocab_size(), prompt.len());
+        let Some(logits) = self.prefill(prompt, &mut sink)? else {
+            let now = Instant::now();
+            let g = sink.finish(FinishReason::Cancelled, start, ms_since(start), now);
+            return Ok(Start::Done(g));
+        };
+        let first = chooser.choose(logits, &sink.history);
+        Ok(Start::Running(Box::new(Started {
+            chooser,
+            sink,
+            first,
+            start,
+            prefill_ms: ms_since(start),
+        })))
+    }
+
+    /// Runs the prompt in chunks of [`PREFILL_CHUNK`] tokens and returns the logits of its last
+    /// position, or `None` when the caller cancelled between chunks.
+    fn prefill(&mut self, prompt: &[u32], sink: &mut TokenSink<'_>) -> Result<Option<&mut [f32]>> {
         let last = prompt.len().saturating_sub(1) / PREFILL_CHUNK;
         for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
             let plan = self.cursor.plan(chunk.len())?;
@@ -134,7 +141,7 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
     }
 
     /// Validates, resets the cache and sizes it for this sequence.
-    pub(crate) fn begin<'c>(
+    fn begin<'c>(
         &mut self,
         prompt: &[u32],
         config: &GenerationConfig,
@@ -168,174 +175,6 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         self.model.reserve(prompt.len() + budget)?;
         Ok(TokenSink::new(prompt, config, budget, eos_ids, on_text))
     }
-
-    pub(crate) fn model(&mut self) -> &mut M {
-        self.model
-    }
-
-    pub(crate) fn cursor(&mut self) -> &mut KvCursor {
-        &mut self.cursor
-    }
-}
-
-/// Turns logits into the next token: EOS suppression, then the configured sampler.
-pub(crate) struct Chooser<'e> {
-    sampler: Sampler,
-    suppress: &'e [u32],
-    penalize_from: usize,
-}
-
-impl<'e> Chooser<'e> {
-    pub(crate) fn new(
-        config: &GenerationConfig,
-        eos_ids: &'e [u32],
-        vocab: usize,
-        prompt_len: usize,
-    ) -> Self {
-        Chooser {
-            sampler: Sampler::new(config, vocab),
-            suppress: if config.suppress_eos { eos_ids } else { &[] },
-            penalize_from: if config.penalize_prompt {
-                0
-            } else {
-                prompt_len
-            },
-        }
-    }
-
-    /// `history` is the prompt followed by every token accepted so far.
-    pub(crate) fn choose(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        self.suppress_eos(logits);
-        self.sampler.sample(logits, &history[self.penalize_from..])
-    }
-
-    /// Verifies one draft token against these logits; see [`Sampler::verify_draft`].
-    pub(crate) fn verify(
-        &mut self,
-        logits: &mut [f32],
-        history: &[u32],
-        draft: u32,
-    ) -> (u32, bool) {
-        self.suppress_eos(logits);
-        self.sampler
-            .verify_draft(logits, &history[self.penalize_from..], draft)
-    }
-
-    fn suppress_eos(&self, logits: &mut [f32]) {
-        for &eos in self.suppress {
-            if let Some(l) = logits.get_mut(eos as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
-    }
-}
-
-/// Everything that happens to an accepted token: EOS, streaming, stop strings, the budget.
-/// Shared by the plain and the speculative loops so both end in exactly the same way.
-pub(crate) struct TokenSink<'c> {
-    pub(crate) history: Vec<u32>,
-    prompt_len: usize,
-    max_new_tokens: usize,
-    eos_ids: &'c [u32],
-    stream: DecodeStream,
-    stops: StopStrings,
-    on_text: &'c mut dyn FnMut(&str) -> bool,
-}
-
-impl<'c> TokenSink<'c> {
-    fn new(
-        prompt: &[u32],
-        config: &GenerationConfig,
-        budget: usize,
-        eos_ids: &'c [u32],
-        on_text: &'c mut dyn FnMut(&str) -> bool,
-    ) -> Self {
-        let mut history = Vec::with_capacity(prompt.len() + budget);
-        history.extend_from_slice(prompt);
-        TokenSink {
-            history,
-            prompt_len: prompt.len(),
-            max_new_tokens: config.max_new_tokens,
-            eos_ids,
-            stream: DecodeStream::new(),
-            stops: StopStrings::new(config.stop.clone()),
-            on_text,
-        }
-    }
-
-    /// Asks the caller whether to go on, with an empty piece (see [`Generator::generate`]).
-    fn still_wanted(&mut self) -> bool {
-        (self.on_text)("")
-    }
-
-    pub(crate) fn generated(&self) -> &[u32] {
-        &self.history[self.prompt_len..]
-    }
-
-    pub(crate) fn budget_left(&self) -> usize {
-        self.max_new_tokens - self.generated().len()
-    }
-
-    /// Records `token`; returns why generation ends, if it does.
-    pub(crate) fn accept(
-        &mut self,
-        decoder: &impl Decode,
-        token: u32,
-    ) -> Result<Option<FinishReason>> {
-        self.history.push(token);
-        if self.eos_ids.contains(&token) {
-            return Ok(Some(FinishReason::Eos));
-        }
-        if let Some(piece) = self.stream.step(decoder, token)? {
-            let (safe, hit_stop) = self.stops.push(&piece);
-            if !safe.is_empty() && !(self.on_text)(&safe) {
-                return Ok(Some(FinishReason::Cancelled));
-            }
-            if hit_stop {
-                return Ok(Some(FinishReason::Stop));
-            }
-        }
-        if self.generated().len() >= self.max_new_tokens {
-            return Ok(Some(FinishReason::Length));
-        }
-        Ok(None)
-    }
-
-    pub(crate) fn finish(
-        mut self,
-        finish_reason: FinishReason,
-        start: Instant,
-        prefill_ms: f64,
-        decode_start: Instant,
-    ) -> Generation {
-        if finish_reason != FinishReason::Stop {
-            let tail = self.stops.flush();
-            if !tail.is_empty() {
-                (self.on_text)(&tail);
-            }
-        }
-        let timings = Timings {
-            prefill_ms,
-            decode_ms: ms_since(decode_start),
-            total_ms: ms_since(start),
-        };
-        let mut tokens = self.history.split_off(self.prompt_len);
-        if finish_reason == FinishReason::Eos {
-            tokens.pop();
-        }
-        Generation {
-            text: self.stops.text().to_string(),
-            tokens,
-            prompt_tokens: self.prompt_len,
-            finish_reason,
-            timings,
-            drafts: None,
-        }
-    }
-}
-
-pub(crate) fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
 }
 
 #[cfg(test)]

@@ -23,15 +23,17 @@
 
 pub mod config;
 pub mod draft;
-pub mod engine;
+pub(crate) mod engine;
 pub mod error;
 pub mod folder;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod output;
 pub mod provider;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod sampler;
+pub(crate) mod sequence;
 pub mod speculative;
 pub mod stop;
 pub mod template;
@@ -44,7 +46,8 @@ use std::path::{Path, PathBuf};
 pub use config::{GenerationConfig, ModelFolder, SamplingOverrides};
 pub use engine::EngineConfig;
 pub use error::{Error, Result};
-pub use generate::{Generation, Timings};
+pub use output::{DraftStats, Generation, Timings};
+pub use runtime::{available_providers, MIN_ORT_MINOR};
 pub use provider::{ArenaExtend, Provider, ProviderChoice, ProviderConfig, ProviderReport};
 pub use stop::FinishReason;
 pub use template::Template;
@@ -79,6 +82,18 @@ impl LoadOptions {
         self.engine = self.engine.with_provider(provider);
         self
     }
+}
+
+/// Which ONNX Runtime runs a model, without exposing ONNX Runtime's own types.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RuntimeInfo {
+    /// The library's version string, e.g. `1.31.1`.
+    pub version: String,
+    /// The shared library that was loaded.
+    pub path: PathBuf,
+    /// The execution provider in use, as [`ProviderReport::label`] writes it.
+    pub provider: String,
 }
 
 /// A loaded model folder, ready to correct answers.
@@ -132,8 +147,13 @@ impl Aligner {
         &self.folder
     }
 
-    pub fn runtime(&self) -> &OrtRuntime {
-        &self.runtime
+    /// The ONNX Runtime library in use and the provider running this model.
+    pub fn runtime_info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            version: self.runtime.version.clone(),
+            path: self.runtime.path.clone(),
+            provider: self.provider().label(),
+        }
     }
 
     /// The execution provider actually running the model, and where its nodes went.
@@ -227,15 +247,14 @@ impl Aligner {
         let config = with_template_stops(template, config);
         // The correction mostly copies the answer: its tokens are the speculative drafts.
         let (ids, answer_ids) = self.correction_ids(template, question, answer)?;
-        let (generation, _) = Generator::new(&mut self.engine).generate_with_copy_drafts(
+        Generator::new(&mut self.engine).generate_with_copy_drafts(
             &self.tokenizer,
             &ids,
             &answer_ids,
             &config,
             &self.eos_ids,
             on_text,
-        )?;
-        Ok(generation)
+        )
     }
 
     /// The token ids of a correction prompt, and of the answer alone (the copy-draft source),

@@ -16,15 +16,16 @@ pub const MIN_ORT_MINOR: u32 = 31;
 const LIB_NAME: &str = "libonnxruntime.so";
 const FIX: &str = "install it with `pip install onnxruntime==1.31.1` in the active virtualenv, or pass --ort-lib PATH / set ORT_DYLIB_PATH";
 
-/// A loaded ONNX Runtime and the environment every session is created in.
-pub struct OrtRuntime {
-    pub path: PathBuf,
-    pub version: String,
-    pub env: ort::environment::Environment,
+/// A loaded ONNX Runtime and the environment every session is created in. Crate-private:
+/// embedders see [`RuntimeInfo`](crate::RuntimeInfo), which holds no `ort` type.
+pub(crate) struct OrtRuntime {
+    pub(crate) path: PathBuf,
+    pub(crate) version: String,
+    pub(crate) env: ort::environment::Environment,
 }
 
 /// Where to look, in order. `explicit` is `--ort-lib`; the environment is read here.
-pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
+pub(crate) fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(p) = explicit {
         out.push(p.to_path_buf());
@@ -134,7 +135,7 @@ static LOADED: std::sync::Mutex<Option<std::sync::Arc<OrtRuntime>>> = std::sync:
 
 /// Loads ONNX Runtime once per process (the first usable candidate) and returns the shared
 /// environment; a later call naming a different library is an error, not a silent swap.
-pub fn load(explicit: Option<&Path>) -> Result<std::sync::Arc<OrtRuntime>> {
+pub(crate) fn load(explicit: Option<&Path>) -> Result<std::sync::Arc<OrtRuntime>> {
     let mut loaded = LOADED
         .lock()
         .map_err(|_| Error::RuntimeNotFound("ONNX Runtime loader state is poisoned".into()))?;
@@ -165,7 +166,7 @@ fn load_new(explicit: Option<&Path>) -> Result<OrtRuntime> {
                 let env = ort::init_from(&path)
                     .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}; {FIX}", path.display())))?
                     .with_name("aligner")
-                    .with_logger(std::sync::Arc::new(capture_log_line))
+                    .with_logger(std::sync::Arc::new(drop_log_line))
                     .build()
                     .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}", path.display())))?;
                 return Ok(OrtRuntime { path, version, env });
@@ -179,27 +180,35 @@ fn load_new(explicit: Option<&Path>) -> Result<OrtRuntime> {
     )))
 }
 
-/// ONNX Runtime's node placement lines ("... placed on [X]. Number of nodes: N") from the
-/// sessions created so far; [`take_placement_log`] drains them.
-static PLACEMENT_LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
 /// The environment's logger. ONNX Runtime's own log lines would break the one-line error
-/// contract (its errors reach the user through ours), so everything is dropped except the
-/// placement summary, which says which provider runs how many nodes.
-fn capture_log_line(_: ort::logging::LogLevel, _: &str, _: &str, _: &str, message: &str) {
-    if message.contains("placed on [") {
-        if let Ok(mut log) = PLACEMENT_LOG.lock() {
-            log.push(message.to_string());
-        }
-    }
-}
+/// contract (its errors reach the user through ours), so they are all dropped. Each session
+/// gets its own logger instead (see [`PlacementLog`]).
+fn drop_log_line(_: ort::logging::LogLevel, _: &str, _: &str, _: &str, _: &str) {}
 
-/// Takes the placement lines logged since the last call.
-pub fn take_placement_log() -> Vec<String> {
-    PLACEMENT_LOG
-        .lock()
-        .map(|mut log| std::mem::take(&mut *log))
-        .unwrap_or_default()
+/// One session build's node placement lines ("... placed on [X]. Number of nodes: N"). The
+/// session's own logger fills it, so two models built at once on different threads never see
+/// each other's lines; everything else the session logs is dropped, as the environment's is.
+#[derive(Clone, Default)]
+pub(crate) struct PlacementLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl PlacementLog {
+    pub(crate) fn logger(&self) -> ort::logging::LoggerFunction {
+        let lines = std::sync::Arc::clone(&self.0);
+        std::sync::Arc::new(move |_, _: &str, _: &str, _: &str, message: &str| {
+            if message.contains("placed on [") {
+                if let Ok(mut log) = lines.lock() {
+                    log.push(message.to_string());
+                }
+            }
+        })
+    }
+
+    pub(crate) fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut log| std::mem::take(&mut *log))
+            .unwrap_or_default()
+    }
 }
 
 /// Execution providers compiled into the loaded library.

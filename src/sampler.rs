@@ -7,7 +7,38 @@
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::GenerationConfig;
+/// Temperatures below this sample greedily: dividing logits by 1e-40 overflows to infinities
+/// and NaNs, and any temperature this small is greedy in effect anyway.
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-4;
+
+/// The settings a [`Sampler`] reads, apart from the rest of a generation's configuration (as
+/// candle's `LogitsProcessor` takes a seed, a temperature and a method). Build one from a
+/// [`GenerationConfig`](crate::GenerationConfig) with its `sampling()`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// 0 (or below [`GREEDY_BELOW_TEMPERATURE`]) is greedy.
+    pub temperature: f32,
+    /// 0 is no limit.
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// 1 is off.
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
 
 /// Divides positive logits and multiplies negative ones by `penalty` for every distinct token in
 /// `history` (CTRL / Hugging Face semantics). `seen` is a caller-owned scratch of `logits.len()`
@@ -132,19 +163,18 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(config: &GenerationConfig, vocab_size: usize) -> Self {
-        let seed = config.seed.unwrap_or(0);
+    pub fn new(params: SamplingParams, vocab_size: usize) -> Self {
         Sampler {
-            temperature: if config.temperature < crate::config::GREEDY_BELOW_TEMPERATURE {
+            temperature: if params.temperature < GREEDY_BELOW_TEMPERATURE {
                 0.0
             } else {
-                config.temperature
+                params.temperature
             },
-            top_k: config.top_k,
-            top_p: config.top_p,
-            min_p: config.min_p,
-            repetition_penalty: config.repetition_penalty,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            top_k: params.top_k,
+            top_p: params.top_p,
+            min_p: params.min_p,
+            repetition_penalty: params.repetition_penalty,
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
             seen: vec![false; vocab_size],
             candidates: Vec::with_capacity(vocab_size),
             probs: Vec::with_capacity(vocab_size),
@@ -223,6 +253,7 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GenerationConfig;
 
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative_once() {
@@ -301,7 +332,7 @@ mod tests {
             .with_temperature(1.0)
             .with_seed(7);
         let draw = |cfg: &GenerationConfig| {
-            let mut s = Sampler::new(cfg, 100);
+            let mut s = Sampler::new(cfg.sampling(), 100);
             (0..32)
                 .map(|_| s.sample(&mut noisy_logits(), &[]))
                 .collect::<Vec<_>>()
@@ -312,10 +343,10 @@ mod tests {
 
     #[test]
     fn greedy_ignores_rng_and_penalty_can_change_choice() {
-        let mut s = Sampler::new(&GenerationConfig::default(), 3);
+        let mut s = Sampler::new(GenerationConfig::default().sampling(), 3);
         assert_eq!(s.sample(&mut [1.0, 3.0, 2.9], &[]), 1);
         let cfg = GenerationConfig::default().with_repetition_penalty(2.0);
-        let mut s = Sampler::new(&cfg, 3);
+        let mut s = Sampler::new(cfg.sampling(), 3);
         assert_eq!(s.sample(&mut [1.0, 3.0, 2.9], &[1]), 2);
     }
 
@@ -324,7 +355,7 @@ mod tests {
         // Regression: temperature 1e-40 divided the logits into infinities and sampled noise.
         for t in [1e-40, 1e-30, 1e-6] {
             let cfg = GenerationConfig::default().with_temperature(t).with_seed(3);
-            let mut s = Sampler::new(&cfg, 100);
+            let mut s = Sampler::new(cfg.sampling(), 100);
             assert!(s.is_greedy(), "{t}");
             for _ in 0..10 {
                 assert_eq!(s.sample(&mut noisy_logits(), &[]), 11, "{t}");
@@ -342,7 +373,7 @@ mod tests {
         let cfg = GenerationConfig::default()
             .with_temperature(1.5)
             .with_top_k(1);
-        let mut s = Sampler::new(&cfg, 4);
+        let mut s = Sampler::new(cfg.sampling(), 4);
         for _ in 0..10 {
             assert_eq!(s.sample(&mut [0.0, 0.1, 5.0, 0.2], &[]), 2);
         }

@@ -10,28 +10,19 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::config::GenerationConfig;
 use crate::draft::CopyDrafter;
 use crate::error::Result;
-use crate::generate::{ms_since, Chooser, Generation, Generator};
+use crate::generate::{Generator, Start, Started};
 use crate::model::DecoderModel;
+use crate::output::{DraftStats, Generation};
 use crate::stop::FinishReason;
 use crate::tokenizer::Decode;
 
-/// How the drafts fared in one generation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct DraftStats {
-    /// Forward passes after the prompt (plain decoding needs one per token).
-    pub passes: usize,
-    pub proposed: usize,
-    pub accepted: usize,
-}
-
 impl<M: DecoderModel> Generator<'_, M> {
     /// Like [`generate`](Self::generate), drafting from `draft_source` (the tokenized answer)
-    /// when decoding is greedy and the model can roll its cache back.
+    /// when decoding is greedy and the model can roll its cache back. The draft statistics
+    /// are in [`Generation::drafts`] when drafting ran.
     pub fn generate_with_copy_drafts(
         &mut self,
         decoder: &impl Decode,
@@ -40,25 +31,24 @@ impl<M: DecoderModel> Generator<'_, M> {
         config: &GenerationConfig,
         eos_ids: &[u32],
         on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<(Generation, Option<DraftStats>)> {
-        if !config.copy_drafts || !self.model().can_rollback() {
-            return Ok((
-                self.generate(decoder, prompt, config, eos_ids, on_text)?,
-                None,
-            ));
+    ) -> Result<Generation> {
+        if !config.copy_drafts || !self.model.can_rollback() {
+            return self.generate(decoder, prompt, config, eos_ids, on_text);
         }
-        let vocab = self.model().vocab_size();
-        let mut chooser = Chooser::new(config, eos_ids, vocab, prompt.len());
-        let start = Instant::now();
-        let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
-        let Some(logits) = self.prefill(prompt, &mut sink)? else {
-            let now = Instant::now();
-            let g = sink.finish(FinishReason::Cancelled, start, ms_since(start), now);
-            return Ok((g, None));
+        let vocab = self.model.vocab_size();
+        let s = match self.start(prompt, config, eos_ids, on_text)? {
+            Start::Running(s) => s,
+            Start::Done(g) => return Ok(g),
         };
-        let prefill_ms = ms_since(start);
-        let mut token = chooser.choose(logits, &sink.history);
+        let Started {
+            mut chooser,
+            mut sink,
+            first,
+            start,
+            prefill_ms,
+        } = *s;
         let decode_start = Instant::now();
+        let mut token = first;
 
         let mut drafter = CopyDrafter::new(draft_source.to_vec(), config.max_draft_tokens);
         let mut stats = DraftStats::default();
@@ -67,7 +57,7 @@ impl<M: DecoderModel> Generator<'_, M> {
             if let Some(reason) = sink.accept(decoder, token)? {
                 break reason;
             }
-            let remaining = self.cursor().remaining();
+            let remaining = self.cursor.remaining();
             if remaining == 0 {
                 break FinishReason::ContextFull;
             }
@@ -78,8 +68,8 @@ impl<M: DecoderModel> Generator<'_, M> {
             feed.extend_from_slice(drafter.propose(sink.generated(), limit));
             let drafted = feed.len() - 1;
 
-            let plan = self.cursor().plan(feed.len())?;
-            let rows = self.model().forward_all(&feed, plan)?;
+            let plan = self.cursor.plan(feed.len())?;
+            let rows = self.model.forward_all(&feed, plan)?;
             stats.passes += 1;
             stats.proposed += drafted;
             let mut accepted = 0;
@@ -105,14 +95,14 @@ impl<M: DecoderModel> Generator<'_, M> {
             drafter.feedback(drafted, accepted);
             // Keep the fed token and the accepted drafts; forget the rejected ones.
             let keep = plan.past_len + 1 + accepted;
-            self.cursor().commit(plan);
-            self.cursor().truncate(keep);
-            self.model().truncate_cache(keep)?;
+            self.cursor.commit(plan);
+            self.cursor.truncate(keep);
+            self.model.truncate_cache(keep)?;
             token = next;
         };
         let mut generation = sink.finish(finish_reason, start, prefill_ms, decode_start);
         generation.drafts = Some(stats);
-        Ok((generation, Some(stats)))
+        Ok(generation)
     }
 }
 
@@ -147,13 +137,14 @@ mod tests {
     ) -> (Generation, DraftStats, ScriptedModel, String) {
         let mut m = ScriptedModel::new(script.to_vec(), ctx);
         let mut streamed = String::new();
-        let (g, stats) = Generator::new(&mut m)
+        let g = Generator::new(&mut m)
             .generate_with_copy_drafts(&Letters, prompt, source, cfg, eos, &mut |t| {
                 streamed.push_str(t);
                 true
             })
             .unwrap();
-        (g, stats.expect("drafting was used"), m, streamed)
+        let stats = g.drafts.expect("drafting was used");
+        (g, stats, m, streamed)
     }
 
     /// Every pass after a rollback must start from a cache that holds only the prompt and
@@ -282,10 +273,10 @@ mod tests {
                     .generate(&Letters, &[0], &cfg, &[], &mut |_| true)
                     .unwrap(),
                 Some(src) => {
-                    let (g, stats) = gen
+                    let g = gen
                         .generate_with_copy_drafts(&Letters, &[0], src, &cfg, &[], &mut |_| true)
                         .unwrap();
-                    accepted += stats.unwrap().accepted;
+                    accepted += g.drafts.unwrap().accepted;
                     g
                 }
             };
@@ -353,7 +344,6 @@ mod tests {
                     &mut |_| true,
                 )
                 .unwrap()
-                .0
                 .tokens
         };
         assert_eq!(run(), run());

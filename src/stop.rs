@@ -28,6 +28,16 @@ impl FinishReason {
             FinishReason::Cancelled => "cancelled",
         }
     }
+
+    /// The OpenAI `finish_reason`: "stop" for EOS and stop strings, "length" for the token
+    /// budget and the context, and "cancelled" (not OpenAI's) when the caller stopped it.
+    pub fn openai_name(self) -> &'static str {
+        match self {
+            FinishReason::Eos | FinishReason::Stop => "stop",
+            FinishReason::Length | FinishReason::ContextFull => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Finds stop strings in streamed text without ever emitting part of one.

@@ -52,10 +52,6 @@ impl Tokenizer {
             .decode(ids, skip_special)
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
-
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
 }
 
 /// Source of token text for [`DecodeStream`]; lets the stream be tested without a tokenizer file.

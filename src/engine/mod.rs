@@ -242,26 +242,35 @@ impl OnnxDecoder {
                 0,
                 AllocatorType::Device,
                 MemoryType::CPUOutput,
-            )?,
+            )
+            .map_err(Error::ort_load(&path))?,
             kv_allocator: None,
             report,
         };
         if engine.report.provider.is_gpu() {
             let device = engine.report.device_id.unwrap_or(0);
+            let provider = engine.report.provider.to_string();
+            let unavailable = |e: ort::Error| Error::Provider {
+                provider: provider.clone(),
+                reason: format!("cannot allocate device memory: {}", e.message()),
+            };
             engine.cpu_output = MemoryInfo::new(
                 AllocationDevice::CUDA_PINNED,
                 0,
                 AllocatorType::Device,
                 MemoryType::CPUOutput,
-            )?;
+            )
+            .map_err(unavailable)?;
             if matches!(engine.kv, KvStorage::Shared { .. }) {
                 let on_device = MemoryInfo::new(
                     AllocationDevice::CUDA,
                     device,
                     AllocatorType::Device,
                     MemoryType::Default,
-                )?;
-                engine.kv_allocator = Some(Allocator::new(&engine.session, on_device)?);
+                )
+                .map_err(unavailable)?;
+                engine.kv_allocator =
+                    Some(Allocator::new(&engine.session, on_device).map_err(unavailable)?);
             }
         }
         engine.reset_past()?;
@@ -295,7 +304,7 @@ impl OnnxDecoder {
                     self.kv_dtype,
                     [1usize, self.kv_heads, len, self.head_size],
                 )
-                .map_err(Error::from)
+                .map_err(Error::ort_run)
             })
             .collect()
     }
@@ -322,10 +331,10 @@ impl OnnxDecoder {
             .min(self.context_length)
             .max(needed);
         let mut buffers = self.kv_tensors(new_capacity)?;
-        let mut binding = self.session.create_binding()?;
+        let mut binding = self.session.create_binding().map_err(Error::ort_run)?;
         for (slot, buffer) in buffers.iter_mut().enumerate() {
-            binding.bind_input(self.past_input_name(slot), &*buffer)?;
-            binding.bind_output(self.present_names[slot].as_str(), &mut *buffer)?;
+            binding.bind_input(self.past_input_name(slot), &*buffer).map_err(Error::ort_run)?;
+            binding.bind_output(self.present_names[slot].as_str(), &mut *buffer).map_err(Error::ort_run)?;
         }
         self.kv = KvStorage::Shared {
             _buffers: buffers,
@@ -393,12 +402,12 @@ impl OnnxDecoder {
             return Err(Error::Inference("shared KV cache is not bound".into()));
         };
         for (index, value) in &step {
-            binding.bind_input(self.input_names[*index].as_str(), value)?;
+            binding.bind_input(self.input_names[*index].as_str(), value).map_err(Error::ort_run)?;
         }
         // Logits change shape between prefill and decode: let ONNX Runtime allocate them each
         // run (a binding would otherwise reuse the previous run's tensor as a fixed output).
-        binding.bind_output_to_device(self.logits_name.as_str(), &self.cpu_output)?;
-        let mut outputs = self.session.run_binding(binding)?;
+        binding.bind_output_to_device(self.logits_name.as_str(), &self.cpu_output).map_err(Error::ort_run)?;
+        let mut outputs = self.session.run_binding(binding).map_err(Error::ort_run)?;
         let logits = outputs
             .remove(&self.logits_name)
             .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
@@ -421,7 +430,7 @@ impl OnnxDecoder {
                 },
             }
         }
-        let mut outputs = self.session.run(inputs.as_slice())?;
+        let mut outputs = self.session.run(inputs.as_slice()).map_err(Error::ort_run)?;
         let logits = outputs
             .remove(&self.logits_name)
             .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
@@ -460,14 +469,14 @@ impl OnnxDecoder {
         };
         match tensor_type(value.dtype()) {
             Some(TensorElementType::Float32) => {
-                let (_, data) = value.try_extract_tensor::<f32>()?;
+                let (_, data) = value.try_extract_tensor::<f32>().map_err(Error::ort_run)?;
                 if data.len() < want || data.len() % vocab != 0 {
                     return Err(shape_err(data.len()));
                 }
                 self.logits[..want].copy_from_slice(&data[data.len() - want..]);
             }
             Some(TensorElementType::Float16) => {
-                let (_, data) = value.try_extract_tensor::<half::f16>()?;
+                let (_, data) = value.try_extract_tensor::<half::f16>().map_err(Error::ort_run)?;
                 if data.len() < want || data.len() % vocab != 0 {
                     return Err(shape_err(data.len()));
                 }

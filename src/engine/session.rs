@@ -11,7 +11,7 @@ use super::EngineConfig;
 use crate::config::ModelFolder;
 use crate::error::{Error, Result};
 use crate::provider::{self, Provider, ProviderReport};
-use crate::runtime::{self as ort_runtime, OrtRuntime};
+use crate::runtime::{self as ort_runtime, OrtRuntime, PlacementLog};
 
 pub(super) fn build_session(
     runtime: &OrtRuntime,
@@ -25,9 +25,13 @@ pub(super) fn build_session(
             format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
         )
     };
-    // Verbose so that the placement summary is logged; the environment's logger drops
-    // everything else (see runtime::capture_log_line).
-    let mut builder = Session::builder(&runtime.env)?
+    // Verbose so that the placement summary is logged; this session's logger keeps only
+    // that (see runtime::PlacementLog).
+    let placements = PlacementLog::default();
+    let mut builder = Session::builder(&runtime.env)
+        .map_err(|e| rejected(e.to_string()))?
+        .with_logger(placements.logger())
+        .map_err(|e| rejected(e.to_string()))?
         .with_log_level(ort::logging::LogLevel::Verbose)
         .map_err(|e| rejected(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::All)
@@ -39,8 +43,8 @@ pub(super) fn build_session(
     }
     let available = ort_runtime::available_providers();
     let (provider, notes) = provider::register(&mut builder, &config.provider, folder, &available)?;
-    ort_runtime::take_placement_log(); // drop lines from earlier sessions
-                                       // GPU providers keep their own caches (TensorRT engines); the graph cache is for the CPU.
+    placements.take(); // registration may log; only the commit's placement counts
+    // GPU providers keep their own caches (TensorRT engines); the graph cache is for the CPU.
     let cache = config
         .graph_cache
         .as_ref()
@@ -55,7 +59,7 @@ pub(super) fn build_session(
         provider,
         device_id: provider.is_gpu().then_some(config.provider.device_id),
         notes,
-        placements: provider::parse_placements(&ort_runtime::take_placement_log()),
+        placements: provider::parse_placements(&placements.take()),
     };
     Ok((session, report))
 }
@@ -116,13 +120,13 @@ pub(super) fn int_tensor(
 ) -> Result<DynValue> {
     Ok(match dtype {
         TensorElementType::Int32 => {
-            let mut t = Tensor::<i32>::new(allocator, shape.to_vec())?;
+            let mut t = Tensor::<i32>::new(allocator, shape.to_vec()).map_err(Error::ort_run)?;
             let (_, data) = t.extract_tensor_mut();
             data.iter_mut().zip(values).for_each(|(d, v)| *d = v as i32);
             t.into_dyn()
         }
         _ => {
-            let mut t = Tensor::<i64>::new(allocator, shape.to_vec())?;
+            let mut t = Tensor::<i64>::new(allocator, shape.to_vec()).map_err(Error::ort_run)?;
             let (_, data) = t.extract_tensor_mut();
             data.iter_mut().zip(values).for_each(|(d, v)| *d = v);
             t.into_dyn()

@@ -19,7 +19,8 @@ mod register;
 use crate::config::ModelFolder;
 use crate::error::{Error, Result};
 
-pub use register::{explain_failure, register, trt_profiles};
+pub use register::{explain_failure, trt_profiles};
+pub(crate) use register::register;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

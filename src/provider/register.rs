@@ -136,7 +136,7 @@ fn register_one(
 
 /// Registers the configured provider(s) on `builder`; returns what will run the graph and the
 /// notes on anything passed over.
-pub fn register(
+pub(crate) fn register(
     builder: &mut SessionBuilder,
     config: &ProviderConfig,
     folder: &ModelFolder,

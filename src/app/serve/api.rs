@@ -4,9 +4,11 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use aligner::{Generation, GenerationConfig, SamplingOverrides, Template};
+use aligner::{GenerationConfig, SamplingOverrides, Template};
+
+use crate::app::report::ErrorBody;
 
 /// An error answered to the client; the message names the problem and the fix.
 #[derive(Debug)]
@@ -58,7 +60,7 @@ impl From<aligner::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.status.as_u16()}});
+        let body = ErrorBody::new(&self.message, self.kind, self.status.as_u16());
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -238,38 +240,6 @@ impl ChatRequest {
             None => Ok(()),
         }
     }
-}
-
-pub fn usage(g: &Generation) -> Value {
-    json!({
-        "prompt_tokens": g.prompt_tokens,
-        "completion_tokens": g.tokens.len(),
-        "total_tokens": g.prompt_tokens + g.tokens.len(),
-    })
-}
-
-/// OpenAI's finish reasons: "stop" for EOS and stop strings, "length" for limits.
-pub fn openai_finish(g: &Generation) -> &'static str {
-    match g.finish_reason.as_str() {
-        "eos" | "stop" => "stop",
-        "cancelled" => "cancelled",
-        _ => "length",
-    }
-}
-
-pub fn correct_response(g: &Generation, provider: &str) -> Value {
-    json!({
-        "correction": g.text,
-        "finish_reason": g.finish_reason.as_str(),
-        "usage": usage(g),
-        "timings": {
-            "prefill_ms": g.timings.prefill_ms,
-            "decode_ms": g.timings.decode_ms,
-            "total_ms": g.timings.total_ms,
-            "decode_tok_s": g.timings.decode_tok_s(g.tokens.len()),
-        },
-        "provider": provider,
-    })
 }
 
 #[cfg(test)]

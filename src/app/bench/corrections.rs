@@ -13,7 +13,7 @@ use aligner::{Aligner, GenerationConfig};
 
 /// The committed workload set (benches/workloads/corrections.jsonl), built into the binary so
 /// `aligner bench` measures corrections anywhere.
-const DEFAULT_WORKLOAD: &str = include_str!("../../benches/workloads/corrections.jsonl");
+const DEFAULT_WORKLOAD: &str = include_str!("../../../benches/workloads/corrections.jsonl");
 
 /// Corrections whose copy fraction reaches this count as copy-heavy in the summary.
 pub const COPY_HEAVY: f64 = 0.7;
@@ -161,7 +161,7 @@ pub fn run(
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
-    super::bench::stats(&mut values).0
+    super::stats::stats(&mut values).0
 }
 
 /// Summed draft time over summed plain time for the pairs at or above `min_copy`, with how

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use aligner::{Aligner, Generation, GenerationConfig, Template};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::cli::panic_message;
+use crate::app::errors::panic_message;
 
 /// What a worker runs a job with: a loaded model, or a scripted stand-in in tests.
 pub trait Corrector: Send {

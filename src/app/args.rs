@@ -1,84 +1,25 @@
-//! Argument parsing (clap) and the subcommands.
+//! Flags: the groups every model-loading command shares ([`ModelArgs`], [`GenArgs`]) and the
+//! flags of the long-running commands ([`ServeArgs`], [`BatchArgs`]), kept here so that the
+//! subcommands depend on this module, never on each other.
 
-mod bench;
-mod bench_corrections;
-mod commands;
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, ValueEnum};
 
 use aligner::{
-    provider::user_cache_dir, Aligner, ArenaExtend, GenerationConfig, LoadOptions, ProviderChoice,
+    provider::user_cache_dir, ArenaExtend, GenerationConfig, LoadOptions, ProviderChoice,
     ProviderConfig, SamplingOverrides,
 };
 
-/// A flag or argument the user must change: exit code 2, like the library's invalid requests.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// `Err(UsageError)` as an `anyhow::Error`, for `?` in the subcommands.
-pub fn usage<T>(message: impl Into<String>) -> Result<T> {
-    Err(UsageError(message.into()).into())
-}
-
-/// The message of a caught panic.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
+use super::errors::usage;
+use super::workers::cores;
 
 /// More intra-op threads than this is a typo, not a machine.
 const MAX_THREADS: usize = 1024;
 
-/// Cores this process may use.
-pub fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 /// The model folder `make model` writes; used when `--model` is not given.
 pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-aligner-int8";
-
-#[derive(Parser)]
-#[command(
-    name = "aligner",
-    version,
-    about = "Correct answers with Aligner models on ONNX Runtime"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Correct an answer to a question.
-    Correct(commands::CorrectArgs),
-    /// Generate from a raw prompt (text or token ids), without a correction template.
-    Generate(commands::GenerateArgs),
-    /// Show the model manifest, the ONNX Runtime in use and its execution providers.
-    Info(commands::InfoArgs),
-    /// Measure prefill and decode speed.
-    Bench(bench::BenchArgs),
-    /// Serve corrections over HTTP (OpenAI-compatible, optionally in front of an upstream model).
-    Serve(crate::server::ServeArgs),
-    /// Correct a JSONL file of question/answer rows, resumably (preference data for DPO).
-    Batch(crate::batch::BatchArgs),
-}
 
 /// Flags shared by every command that loads a model.
 #[derive(Args, Clone)]
@@ -215,56 +156,17 @@ impl ModelArgs {
         }
         Ok(o)
     }
-
-    /// Loads the model and says on stderr how the execution provider was chosen, whenever
-    /// that is not simply the CPU the user asked for.
-    pub fn load(&self, dir: &Path) -> Result<Aligner> {
-        let aligner = Aligner::load(dir, &self.load_options()?)?;
-        let report = aligner.provider();
-        for note in &report.notes {
-            eprintln!("aligner: {note}");
-        }
-        if !report.notes.is_empty() || self.ep.eq_ignore_ascii_case("auto") {
-            eprintln!("aligner: execution provider: {}", report.label());
-        }
-        if report.provider.is_gpu() && report.nodes_elsewhere() > 0 {
-            eprintln!(
-                "aligner: {} nodes are not on {}: {}",
-                report.nodes_elsewhere(),
-                report.provider,
-                report.placement_summary()
-            );
-        }
-        if let Some(warning) = aligner.provider_mismatch() {
-            eprintln!("aligner: warning: {warning}");
-        }
-        Ok(aligner)
-    }
 }
 
-/// Generation flags; unset ones keep the model folder's defaults.
+/// Generation flags; unset ones keep the model folder's defaults. The sampling flags are the
+/// library's [`SamplingOverrides`], the same type a server request's fields parse into.
 #[derive(Args, Clone, Default)]
 pub struct GenArgs {
-    #[arg(long, value_name = "N")]
-    pub max_new_tokens: Option<usize>,
-    /// 0 = greedy.
-    #[arg(long)]
-    pub temperature: Option<f32>,
-    /// 0 = off.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    #[arg(long)]
-    pub min_p: Option<f32>,
-    /// 1 = off; counts generated tokens only unless --penalize-prompt.
-    #[arg(long)]
-    pub repetition_penalty: Option<f32>,
+    #[command(flatten)]
+    pub sampling: SamplingOverrides,
     /// Count prompt tokens in the repetition penalty too.
     #[arg(long)]
     pub penalize_prompt: bool,
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Stop when this text appears (repeatable).
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
@@ -281,16 +183,7 @@ pub struct GenArgs {
 
 impl GenArgs {
     pub fn apply(&self, c: GenerationConfig) -> GenerationConfig {
-        let mut c = SamplingOverrides {
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            seed: self.seed,
-        }
-        .apply(c);
+        let mut c = self.sampling.apply(c);
         if let Some(v) = self.max_draft_tokens {
             c = c.with_max_draft_tokens(v);
         }
@@ -305,24 +198,130 @@ impl GenArgs {
     }
 }
 
-pub fn run() -> Result<()> {
-    match Cli::parse().command {
-        Command::Correct(a) => commands::correct(a),
-        Command::Generate(a) => commands::generate(a),
-        Command::Info(a) => commands::info(a),
-        Command::Bench(a) => bench::bench(a),
-        Command::Serve(a) => crate::server::serve(a),
-        Command::Batch(a) => crate::batch::batch(a),
-    }
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Defaults for every request; a request's own options override them.
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Address to bind (an IP, or a name such as localhost); the default keeps the server on
+    /// this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind; 0 picks a free one (printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Model sessions generating in parallel.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Requests that may wait for a free worker; beyond that the server answers 429.
+    #[arg(long, default_value_t = 8)]
+    pub queue: usize,
+    /// Require `Authorization: Bearer KEY` on /v1/* (or set ALIGNER_API_KEY).
+    #[arg(long, env = "ALIGNER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Refuse to start without an API key (for servers reachable from other machines).
+    #[arg(long)]
+    pub require_api_key: bool,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+    /// Longest prompt a request may bring, in tokens (0: whatever the context holds). A long
+    /// prompt holds a worker for its whole prompt pass.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_prompt_tokens: usize,
+    /// Seconds a request head may take to arrive; also how long an idle keep-alive connection
+    /// is kept open.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub header_timeout: f64,
+    /// Seconds a request body may take to arrive (408 after that).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub body_timeout: f64,
+    /// Open connections at most; more wait to be accepted (default: 1024, or fewer when the
+    /// open-file limit is lower).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// On SIGTERM, the most seconds to wait for requests in flight.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub shutdown_timeout: f64,
+    /// On SIGTERM, seconds idle and half-read connections get once no request is in flight.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub shutdown_grace: f64,
+    /// OpenAI-compatible server whose answers /v1/chat/completions corrects.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Model name sent upstream (default: the client's).
+    #[arg(long, value_name = "NAME")]
+    pub upstream_model: Option<String>,
+    /// Environment variable holding the upstream's API key.
+    #[arg(long, value_name = "VAR")]
+    pub upstream_key_env: Option<String>,
+    /// Seconds to wait for the upstream before answering 504.
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    pub upstream_timeout: f64,
 }
 
-/// 2 for problems with the user's input, 1 for everything else.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<UsageError>().is_some() {
-        return 2;
-    }
-    match e.downcast_ref::<aligner::Error>() {
-        Some(aligner::Error::InvalidRequest(_)) | Some(aligner::Error::ContextOverflow { .. }) => 2,
-        _ => 1,
-    }
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    /// {question, answer, correction, meta}
+    Aligner,
+    /// {prompt, chosen (the correction), rejected (the original answer), meta}
+    Dpo,
+    /// ShareGPT preference rows: {conversations, chosen, rejected, meta}
+    Sharegpt,
+}
+
+/// What each row asks of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// Correct the row's answer: {question, answer, correction, meta}.
+    Correct,
+    /// Answer the row's question as a chat turn (upstream answers, to be corrected later):
+    /// {question, answer, meta}. The answer field is not read.
+    Answer,
+}
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub struct BatchArgs {
+    /// Input JSONL with a question and an answer per line.
+    pub input: PathBuf,
+    /// Output JSONL; appended to, and a re-run skips the rows it already holds.
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Input field holding the question.
+    #[arg(long, default_value = "question")]
+    pub question_field: String,
+    /// Input field holding the answer to correct.
+    #[arg(long, default_value = "answer")]
+    pub answer_field: String,
+    #[arg(long, value_enum, default_value = "aligner")]
+    pub format: Format,
+    /// Correct answers, or write them (then pipe the output into a `correct` run).
+    #[arg(long, value_enum, default_value = "correct")]
+    pub task: Task,
+    /// System prompt of `--task answer` (e.g. to ask for a style of answer).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Process only input lines whose number is I modulo N (0-based), e.g. 3/8.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Model sessions working in parallel (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// fsync the output every N rows (rows are flushed to the OS as they finish).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub sync_every: usize,
+    /// Input rows longer than this are rejected without being read whole.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_row_bytes: usize,
+    /// Stop, changing nothing, when the output holds rows of input lines that have changed
+    /// since (by default they stay, with a warning, and the changed lines are run again).
+    #[arg(long)]
+    pub strict_resume: bool,
 }

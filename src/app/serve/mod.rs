@@ -11,6 +11,7 @@ mod metrics;
 mod pool;
 mod routes;
 mod upstream;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -21,74 +22,10 @@ use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use clap::Args;
 
-use crate::cli::{cores, usage, GenArgs, ModelArgs};
-
-#[derive(Args)]
-#[command(allow_negative_numbers = true)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Defaults for every request; a request's own options override them.
-    #[command(flatten)]
-    pub gen: GenArgs,
-    /// Address to bind (an IP, or a name such as localhost); the default keeps the server on
-    /// this machine.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to bind; 0 picks a free one (printed on stderr).
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
-    /// Model sessions generating in parallel.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-    /// Requests that may wait for a free worker; beyond that the server answers 429.
-    #[arg(long, default_value_t = 8)]
-    pub queue: usize,
-    /// Require `Authorization: Bearer KEY` on /v1/* (or set ALIGNER_API_KEY).
-    #[arg(long, env = "ALIGNER_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Refuse to start without an API key (for servers reachable from other machines).
-    #[arg(long)]
-    pub require_api_key: bool,
-    /// Largest request body accepted; larger ones get 413.
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    pub max_body_bytes: usize,
-    /// Longest prompt a request may bring, in tokens (0: whatever the context holds). A long
-    /// prompt holds a worker for its whole prompt pass.
-    #[arg(long, default_value_t = 4096, value_name = "N")]
-    pub max_prompt_tokens: usize,
-    /// Seconds a request head may take to arrive; also how long an idle keep-alive connection
-    /// is kept open.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    pub header_timeout: f64,
-    /// Seconds a request body may take to arrive (408 after that).
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
-    pub body_timeout: f64,
-    /// Open connections at most; more wait to be accepted (default: 1024, or fewer when the
-    /// open-file limit is lower).
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// On SIGTERM, the most seconds to wait for requests in flight.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    pub shutdown_timeout: f64,
-    /// On SIGTERM, seconds idle and half-read connections get once no request is in flight.
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
-    pub shutdown_grace: f64,
-    /// OpenAI-compatible server whose answers /v1/chat/completions corrects.
-    #[arg(long, value_name = "URL")]
-    pub upstream: Option<String>,
-    /// Model name sent upstream (default: the client's).
-    #[arg(long, value_name = "NAME")]
-    pub upstream_model: Option<String>,
-    /// Environment variable holding the upstream's API key.
-    #[arg(long, value_name = "VAR")]
-    pub upstream_key_env: Option<String>,
-    /// Seconds to wait for the upstream before answering 504.
-    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
-    pub upstream_timeout: f64,
-}
+use super::args::ServeArgs;
+use super::errors::usage;
+use super::workers::{self, load_workers, Workers};
 
 /// File descriptors kept for everything but client connections (models, logs, the upstream).
 const RESERVED_FDS: usize = 64;
@@ -134,23 +71,15 @@ fn check_args(args: &ServeArgs) -> Result<listen::Limits> {
     })
 }
 
-fn threads_per_worker(args: &ServeArgs) -> Result<usize> {
-    Ok(args
-        .model
-        .threads()?
-        .unwrap_or((cores() / args.workers).max(1)))
-}
-
-pub fn serve(args: ServeArgs) -> Result<()> {
+pub fn run(args: ServeArgs) -> Result<()> {
     let limits = check_args(&args)?;
-    let dir = args.model.model_dir()?;
-    let mut model_args = args.model.clone();
-    model_args.threads = Some(threads_per_worker(&args)?);
-    let models = (0..args.workers)
-        .map(|_| model_args.load(&dir))
-        .collect::<Result<Vec<_>>>()?;
+    let Workers {
+        models,
+        config: mut defaults,
+        dir,
+        model_args,
+    } = load_workers(&args.model, &args.gen, args.workers)?;
     let first = &models[0];
-    let mut defaults = args.gen.apply(first.generation_defaults());
     if args.max_prompt_tokens > 0 {
         defaults = defaults.with_max_prompt_tokens(args.max_prompt_tokens);
     }
@@ -181,8 +110,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .transpose()?;
     let reload_dir = dir.clone();
     let loader: pool::Loader = Box::new(move || {
-        model_args
-            .load(&reload_dir)
+        workers::load(&model_args, &reload_dir)
             .map(|m| Box::new(m) as Box<dyn pool::Corrector>)
             .map_err(|e| format!("{e:#}"))
     });

@@ -14,7 +14,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -26,6 +26,11 @@ use super::listen::InFlight;
 use super::metrics::Metrics;
 use super::pool::{Job, JobEvent, Pool};
 use super::upstream::Upstream;
+use super::wire::{
+    to_json, AlignerExtension, ChatChoice, ChatChunk, ChatCompletion, ChatHead, ChatMessageOut,
+    ChunkDelta, CorrectDelta, CorrectResponse, Health, ModelEntry, ModelList,
+};
+use crate::app::report::{ErrorBody, Usage};
 
 pub struct AppState {
     pub pool: Arc<Pool>,
@@ -109,16 +114,17 @@ fn worker_stopped() -> ApiError {
     )
 }
 
-fn sse(events: impl Stream<Item = Value> + Send + 'static) -> Response {
+/// Server-sent events, one JSON body per event, then OpenAI's `[DONE]`.
+fn sse(events: impl Stream<Item = String> + Send + 'static) -> Response {
     let frames = events
-        .map(|v| Event::default().data(v.to_string()))
+        .map(|text| Event::default().data(text))
         .chain(stream::once(async { Event::default().data("[DONE]") }))
         .map(Ok::<_, Infallible>);
     Sse::new(frames).into_response()
 }
 
-fn error_value(e: ApiError) -> Value {
-    json!({"error": {"message": e.message, "type": e.kind, "code": e.status.as_u16()}})
+fn error_text(e: ApiError) -> String {
+    to_json(&ErrorBody::new(&e.message, e.kind, e.status.as_u16()))
 }
 
 pub async fn correct(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
@@ -128,18 +134,19 @@ pub async fn correct(State(s): Shared, body: Bytes) -> Result<Response, ApiError
     if !req.options.stream {
         let g = finished(rx).await?;
         s.metrics.add_tokens(g.prompt_tokens, g.tokens.len());
-        return Ok(Json(api::correct_response(&g, &s.provider)).into_response());
+        return Ok(Json(CorrectResponse::new(&g, &s.provider)).into_response());
     }
     let state = Arc::clone(&s);
     Ok(sse(job_stream(rx).await?.map(move |event| match event {
-        JobEvent::Text(piece) => json!({"delta": piece}),
+        JobEvent::Text(piece) => to_json(&CorrectDelta { delta: &piece }),
         JobEvent::Done(Ok(g)) => {
             state.metrics.add_tokens(g.prompt_tokens, g.tokens.len());
-            let mut v = api::correct_response(&g, &state.provider);
-            v["done"] = json!(true);
-            v
+            to_json(&CorrectResponse {
+                done: true,
+                ..CorrectResponse::new(&g, &state.provider)
+            })
         }
-        JobEvent::Done(Err(e)) => error_value(e.into()),
+        JobEvent::Done(Err(e)) => error_text(e.into()),
     })))
 }
 
@@ -192,58 +199,86 @@ pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
     };
     let (config, template) = options.apply(s.defaults.clone())?;
     let rx = s.submit(question, original.clone(), template, config)?;
-    let id = format!(
-        "chatcmpl-aligner-{}",
-        s.next_id.fetch_add(1, Ordering::Relaxed)
-    );
-    let model = req.model.clone().unwrap_or_else(|| s.model_name.clone());
-    let created = now();
-    let extension = move |g: &Generation| {
-        json!({
-            "original_answer": original,
-            "upstream_model": upstream_model,
-            "upstream_usage": upstream_usage,
-            "correction_usage": api::usage(g),
-        })
+    let head = ChatHead {
+        id: format!(
+            "chatcmpl-aligner-{}",
+            s.next_id.fetch_add(1, Ordering::Relaxed)
+        ),
+        object: "chat.completion",
+        created: now(),
+        model: req.model.clone().unwrap_or_else(|| s.model_name.clone()),
+    };
+    let extension = move |g: &Generation| AlignerExtension {
+        original_answer: original.clone(),
+        upstream_model: upstream_model.clone(),
+        upstream_usage: upstream_usage.clone(),
+        correction_usage: Usage::from(g),
     };
     if !stream {
         let g = finished(rx).await?;
         s.metrics.add_tokens(g.prompt_tokens, g.tokens.len());
-        return Ok(Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": api::openai_finish(&g)}],
-            "usage": api::usage(&g),
-            "aligner": extension(&g),
-        }))
-        .into_response());
+        let body = ChatCompletion {
+            head,
+            choices: [ChatChoice {
+                index: 0,
+                message: ChatMessageOut {
+                    role: "assistant",
+                    content: &g.text,
+                },
+                finish_reason: g.finish_reason.openai_name(),
+            }],
+            usage: Usage::from(&g),
+            aligner: extension(&g),
+        };
+        return Ok(Json(body).into_response());
     }
-    let chunk = move |delta: Value, finish: Value| {
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    let head = ChatHead {
+        object: "chat.completion.chunk",
+        ..head
     };
-    let first = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    let first = to_json(&ChatChunk::new(
+        &head,
+        ChunkDelta {
+            role: Some("assistant"),
+            content: Some(""),
+        },
+        None,
+    ));
     let state = Arc::clone(&s);
     let events = job_stream(rx).await?.map(move |event| match event {
-        JobEvent::Text(piece) => chunk(json!({"content": piece}), Value::Null),
+        JobEvent::Text(piece) => to_json(&ChatChunk::new(
+            &head,
+            ChunkDelta {
+                role: None,
+                content: Some(&piece),
+            },
+            None,
+        )),
         JobEvent::Done(Ok(g)) => {
             state.metrics.add_tokens(g.prompt_tokens, g.tokens.len());
-            let mut last = chunk(json!({}), json!(api::openai_finish(&g)));
-            last["usage"] = api::usage(&g);
-            last["aligner"] = extension(&g);
-            last
+            let finish = g.finish_reason.openai_name();
+            to_json(&ChatChunk {
+                usage: Some(Usage::from(&g)),
+                aligner: Some(extension(&g)),
+                ..ChatChunk::new(&head, ChunkDelta::default(), Some(finish))
+            })
         }
-        JobEvent::Done(Err(e)) => error_value(e.into()),
+        JobEvent::Done(Err(e)) => error_text(e.into()),
     });
     Ok(sse(stream::once(async move { first }).chain(events)))
 }
 
-pub async fn models(State(s): Shared) -> Json<Value> {
-    Json(
-        json!({"object": "list", "data": [{"id": s.model_name, "object": "model", "created": 0, "owned_by": "aligner"}]}),
-    )
+pub async fn models(State(s): Shared) -> Response {
+    Json(ModelList {
+        object: "list",
+        data: [ModelEntry {
+            id: &s.model_name,
+            object: "model",
+            created: 0,
+            owned_by: "aligner",
+        }],
+    })
+    .into_response()
 }
 
 /// The pool as it is: `ok`, `degraded` when a crashed worker could not be restarted, `down`
@@ -255,17 +290,17 @@ pub async fn health(State(s): Shared) -> Response {
         n if n < s.workers => ("degraded", StatusCode::OK),
         _ => ("ok", StatusCode::OK),
     };
-    let body = json!({
-        "status": status,
-        "model": s.model_name,
-        "provider": s.provider,
-        "workers": s.workers,
-        "workers_alive": alive,
-        "worker_restarts": s.pool.restarts(),
-        "busy": s.pool.busy(),
-        "queue_depth": s.pool.depth(),
-        "upstream": s.upstream.is_some(),
-    });
+    let body = Health {
+        status,
+        model: &s.model_name,
+        provider: &s.provider,
+        workers: s.workers,
+        workers_alive: alive,
+        worker_restarts: s.pool.restarts(),
+        busy: s.pool.busy(),
+        queue_depth: s.pool.depth(),
+        upstream: s.upstream.is_some(),
+    };
     (code, Json(body)).into_response()
 }
 

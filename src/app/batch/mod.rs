@@ -11,6 +11,7 @@
 
 mod input;
 mod resume;
+mod rows;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -23,74 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
 
-use crate::cli::{cores, usage, GenArgs, ModelArgs};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Format {
-    /// {question, answer, correction, meta}
-    Aligner,
-    /// {prompt, chosen (the correction), rejected (the original answer), meta}
-    Dpo,
-    /// ShareGPT preference rows: {conversations, chosen, rejected, meta}
-    Sharegpt,
-}
-
-/// What each row asks of the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Task {
-    /// Correct the row's answer: {question, answer, correction, meta}.
-    Correct,
-    /// Answer the row's question as a chat turn (upstream answers, to be corrected later):
-    /// {question, answer, meta}. The answer field is not read.
-    Answer,
-}
-
-#[derive(Args)]
-#[command(allow_negative_numbers = true)]
-pub struct BatchArgs {
-    /// Input JSONL with a question and an answer per line.
-    pub input: PathBuf,
-    /// Output JSONL; appended to, and a re-run skips the rows it already holds.
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub gen: GenArgs,
-    /// Input field holding the question.
-    #[arg(long, default_value = "question")]
-    pub question_field: String,
-    /// Input field holding the answer to correct.
-    #[arg(long, default_value = "answer")]
-    pub answer_field: String,
-    #[arg(long, value_enum, default_value = "aligner")]
-    pub format: Format,
-    /// Correct answers, or write them (then pipe the output into a `correct` run).
-    #[arg(long, value_enum, default_value = "correct")]
-    pub task: Task,
-    /// System prompt of `--task answer` (e.g. to ask for a style of answer).
-    #[arg(long, value_name = "TEXT")]
-    pub system: Option<String>,
-    /// Process only input lines whose number is I modulo N (0-based), e.g. 3/8.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
-    /// Model sessions working in parallel (default: one per core).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// fsync the output every N rows (rows are flushed to the OS as they finish).
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub sync_every: usize,
-    /// Input rows longer than this are rejected without being read whole.
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
-    pub max_row_bytes: usize,
-    /// Stop, changing nothing, when the output holds rows of input lines that have changed
-    /// since (by default they stay, with a warning, and the changed lines are run again).
-    #[arg(long)]
-    pub strict_resume: bool,
-}
+use super::args::{BatchArgs, Format, Task};
+use super::errors::{panic_message, usage};
+use super::workers::{cores, load_workers, Workers};
 
 /// `i/n` with `i < n`.
 pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
@@ -125,39 +63,86 @@ struct Row {
     answer: String,
 }
 
+/// A finished line for the writer: a row for the output, or one for the rejects file.
 enum Outcome {
-    Row(Value),
-    Reject(Value),
+    Row(String),
+    Reject(String),
 }
 
 fn reject(line: usize, hash: &str, reason: String, raw: &[u8]) -> Outcome {
     let raw: String = String::from_utf8_lossy(raw).chars().take(2000).collect();
-    Outcome::Reject(json!({"reason": reason, "raw": raw, "meta": {"line": line, "hash": hash}}))
+    let row = rows::Reject {
+        reason: &reason,
+        raw,
+        meta: rows::RejectMeta { line, hash },
+    };
+    match rows::line(&row) {
+        Ok(text) => Outcome::Reject(text),
+        Err(e) => Outcome::Reject(format!("{{\"reason\": {e:?}}}")),
+    }
 }
 
-fn format_row(
+/// What every worker needs besides its model.
+struct WorkSettings<'a> {
+    config: aligner::GenerationConfig,
     format: Format,
-    kind: Task,
-    task: &Row,
-    g: &aligner::Generation,
-    meta: Value,
-) -> Value {
-    match format {
-        _ if kind == Task::Answer => {
-            json!({"question": task.question, "answer": g.text, "meta": meta})
+    task: Task,
+    system: Option<&'a str>,
+    template: &'static str,
+    model_name: &'a str,
+}
+
+/// One worker: takes rows until the queue closes, sends each outcome to the writer.
+fn work(
+    model: &mut aligner::Aligner,
+    rows_in: &Mutex<Receiver<Row>>,
+    out: &Sender<Outcome>,
+    s: &WorkSettings<'_>,
+) {
+    loop {
+        let row = match rows_in.lock().map(|r| r.recv()) {
+            Ok(Ok(row)) => row,
+            _ => break,
+        };
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| match s.task {
+            Task::Answer => model.answer(s.system, &row.question, &s.config, &mut |_| true),
+            Task::Correct => model.correct(&row.question, &row.answer, &s.config, &mut |_| true),
+        }));
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let outcome = match result {
+            Ok(Ok(g)) => {
+                let meta = rows::Meta {
+                    line: row.line,
+                    hash: &row.hash,
+                    finish_reason: g.finish_reason.as_str(),
+                    prompt_tokens: g.prompt_tokens,
+                    completion_tokens: g.tokens.len(),
+                    latency_ms: (latency_ms * 10.0).round() / 10.0,
+                    template: s.template,
+                    model: s.model_name,
+                    answer: (s.task == Task::Answer).then_some(rows::AnswerMeta {
+                        task: "answer",
+                        system: s.system,
+                    }),
+                };
+                let out_row =
+                    rows::OutputRow::new(s.format, s.task, &row.question, &row.answer, &g, meta);
+                match rows::line(&out_row) {
+                    Ok(text) => Outcome::Row(text),
+                    Err(e) => reject(row.line, &row.hash, e, row.question.as_bytes()),
+                }
+            }
+            Ok(Err(e)) => reject(row.line, &row.hash, e.to_string(), row.question.as_bytes()),
+            Err(panic) => {
+                let cause = panic_message(panic.as_ref());
+                let reason = format!("internal error ({cause}); please report this row");
+                reject(row.line, &row.hash, reason, row.question.as_bytes())
+            }
+        };
+        if out.send(outcome).is_err() {
+            break;
         }
-        Format::Aligner => {
-            json!({"question": task.question, "answer": task.answer, "correction": g.text, "meta": meta})
-        }
-        Format::Dpo => {
-            json!({"prompt": task.question, "chosen": g.text, "rejected": task.answer, "meta": meta})
-        }
-        Format::Sharegpt => json!({
-            "conversations": [{"from": "human", "value": task.question}],
-            "chosen": {"from": "gpt", "value": g.text},
-            "rejected": {"from": "gpt", "value": task.answer},
-            "meta": meta,
-        }),
     }
 }
 
@@ -232,7 +217,7 @@ fn plan_input(args: &BatchArgs, shard: (usize, usize), done: &resume::Keys) -> R
     Ok(plan)
 }
 
-pub fn batch(args: BatchArgs) -> Result<()> {
+pub fn run(args: BatchArgs) -> Result<()> {
     let (shard, shards) = match &args.shard {
         Some(s) => parse_shard(s)?,
         None => (0, 1),
@@ -289,14 +274,12 @@ pub fn batch(args: BatchArgs) -> Result<()> {
     }
 
     let workers = args.workers.unwrap_or(cores()).max(1);
-    let dir = args.model.model_dir()?;
-    let mut model_args = args.model.clone();
-    model_args.threads = Some(args.model.threads()?.unwrap_or((cores() / workers).max(1)));
-    let models = (0..workers)
-        .map(|_| model_args.load(&dir))
-        .collect::<Result<Vec<_>>>()?;
-    let config = args.gen.apply(models[0].generation_defaults());
-    config.validate()?;
+    let Workers {
+        models,
+        config,
+        dir,
+        ..
+    } = load_workers(&args.model, &args.gen, workers)?;
     let template = models[0].template()?;
 
     let bar = ProgressBar::with_draw_target(Some(plan.pending), ProgressDrawTarget::stderr());
@@ -310,6 +293,14 @@ pub fn batch(args: BatchArgs) -> Result<()> {
     let (out_tx, out_rx) = channel::<Outcome>();
     let started = Instant::now();
     let model_name = dir.display().to_string();
+    let settings = WorkSettings {
+        config,
+        format: args.format,
+        task: args.task,
+        system: args.system.as_deref(),
+        template: template.name(),
+        model_name: &model_name,
+    };
     std::thread::scope(|scope| -> Result<()> {
         let feeder_out = out_tx.clone();
         let args_ref = &args;
@@ -317,46 +308,8 @@ pub fn batch(args: BatchArgs) -> Result<()> {
         let feeder =
             scope.spawn(move || feed(args_ref, shard, shards, done_ref, task_tx, feeder_out));
         for mut model in models {
-            let rx = Arc::clone(&task_rx);
-            let tx: Sender<Outcome> = out_tx.clone();
-            let (config, format, model_name) = (config.clone(), args.format, model_name.clone());
-            let (kind, system) = (args.task, args.system.as_deref());
-            scope.spawn(move || loop {
-                let task = match rx.lock().map(|r| r.recv()) {
-                    Ok(Ok(task)) => task,
-                    _ => break,
-                };
-                let started = Instant::now();
-                let result = catch_unwind(AssertUnwindSafe(|| {
-                    if kind == Task::Answer {
-                        model.answer(system, &task.question, &config, &mut |_| true)
-                    } else {
-                        model.correct(&task.question, &task.answer, &config, &mut |_| true)
-                    }
-                }));
-                let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-                let outcome = match result {
-                    Ok(Ok(g)) => {
-                        let mut meta = json!({"line": task.line, "hash": task.hash, "finish_reason": g.finish_reason.as_str(),
-                                          "prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len(),
-                                          "latency_ms": (latency_ms * 10.0).round() / 10.0,
-                                          "template": template.name(), "model": model_name});
-                        if kind == Task::Answer {
-                            meta["task"] = json!("answer");
-                            meta["system"] = json!(system);
-                        }
-                        Outcome::Row(format_row(format, kind, &task, &g, meta))
-                    }
-                    Ok(Err(e)) => reject(task.line, &task.hash, e.to_string(), task.question.as_bytes()),
-                    Err(panic) => {
-                        let cause = crate::cli::panic_message(panic.as_ref());
-                        reject(task.line, &task.hash, format!("internal error ({cause}); please report this row"), task.question.as_bytes())
-                    }
-                };
-                if tx.send(outcome).is_err() {
-                    break;
-                }
-            });
+            let (rows_in, out, settings) = (Arc::clone(&task_rx), out_tx.clone(), &settings);
+            scope.spawn(move || work(&mut model, &rows_in, &out, settings));
         }
         // Only the workers may hold the task queue: when they stop (the writer failed), the
         // feeder's next send fails instead of blocking for ever on a full queue.
@@ -447,7 +400,7 @@ fn write_results(
         )
     };
     for outcome in results {
-        let (file, path, value) = match outcome {
+        let (file, path, text) = match outcome {
             Outcome::Row(v) => {
                 rows += 1;
                 (&mut out, args.output.as_path(), v)
@@ -458,7 +411,7 @@ fn write_results(
             }
         };
         // One write of the whole row, then a flush: a kill leaves at most one torn last row.
-        file.write_all(format!("{value}\n").as_bytes())
+        file.write_all(format!("{text}\n").as_bytes())
             .and_then(|_| file.flush())
             .with_context(|| failed(path))?;
         since_sync += 1;

@@ -77,7 +77,7 @@ pub fn scan(reader: impl BufRead, name: &str) -> Result<Scan> {
             }
             // A kill mid-write leaves the start of a row and no newline: the only thing cut.
             (None, false) if body.trim_ascii_start().starts_with(b"{") => return Ok(scan),
-            (None, _) => return crate::cli::usage(format!(
+            (None, _) => return crate::app::errors::usage(format!(
                 "{name} line {number} is not a row written by aligner batch (a JSON object with meta.line and meta.hash), so it is not a resumable output; nothing was changed. Pick another output file, or fix or remove that line"
             )),
         }

@@ -12,7 +12,12 @@ use serde_json::{json, Map, Value};
 
 use aligner::GenerationConfig;
 
-use super::{bench_corrections, ModelArgs};
+mod corrections;
+mod stats;
+
+use super::args::ModelArgs;
+use super::workers;
+use stats::{folder_size_mb, peak_rss_mb, put, stats, MIB};
 
 const FILLER: &str = "An Aligner reads a question and an answer written by another model and rewrites the answer so that it is more helpful, more honest and less harmful, while keeping everything that was already right. ";
 
@@ -48,58 +53,13 @@ pub struct BenchArgs {
     json: bool,
 }
 
-pub(super) fn stats(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    (median, values[0], values[n - 1])
-}
-
-const MIB: f64 = 1024.0 * 1024.0;
-
-/// A figure as median, `_min` and `_max` keys.
-fn put(out: &mut Map<String, Value>, key: &str, (median, min, max): (f64, f64, f64)) {
-    out.insert(key.into(), json!(median));
-    out.insert(format!("{key}_min"), json!(min));
-    out.insert(format!("{key}_max"), json!(max));
-}
-
-fn folder_size_mb(dir: &std::path::Path) -> f64 {
-    let bytes: u64 = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum();
-    bytes as f64 / MIB
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-pub fn bench(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs) -> Result<()> {
     if args.runs == 0 || args.new_tokens < 2 || args.prompt_tokens == 0 {
         bail!("--runs must be >= 1, --new-tokens >= 2 and --prompt-tokens >= 1");
     }
     let dir = args.model.model_dir()?;
     let t0 = Instant::now();
-    let mut aligner = args.model.load(&dir)?;
+    let mut aligner = workers::load(&args.model, &dir)?;
     let session_start_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
     let mut ids = Vec::new();
@@ -139,8 +99,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let mut max_positions = args.prompt_tokens + args.new_tokens;
     if !args.no_corrections {
-        let items = bench_corrections::load_workload(args.workload.as_deref())?;
-        let mut report = bench_corrections::run(
+        let items = corrections::load_workload(args.workload.as_deref())?;
+        let mut report = corrections::run(
             &mut aligner,
             &items,
             args.correction_tokens,
@@ -154,7 +114,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             stats(&mut report.plain_total_ms),
         );
         let (heavy_ratio, heavy_pairs) =
-            bench_corrections::ratio_at_least(&report.items, bench_corrections::COPY_HEAVY)
+            corrections::ratio_at_least(&report.items, corrections::COPY_HEAVY)
                 .map_or((Value::Null, 0), |(r, n)| (json!(r), n));
         out.insert("copy_heavy_draft_over_plain".into(), heavy_ratio);
         out.insert("copy_heavy_pairs".into(), json!(heavy_pairs));
@@ -259,21 +219,10 @@ fn print_summary(out: &Map<String, Value>) {
     {
         Some(r) => println!(
             "copy-heavy pairs (copy >= {:.0}%): {} of {}, drafted time / plain time = {r:.2}x",
-            bench_corrections::COPY_HEAVY * 100.0,
+            corrections::COPY_HEAVY * 100.0,
             num("copy_heavy_pairs"),
             items.len()
         ),
         None => println!("no pair reached a copy fraction of 70% with this model"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stats_are_median_min_max() {
-        assert_eq!(stats(&mut [3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
-        assert_eq!(stats(&mut [4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
     }
 }

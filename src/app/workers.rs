@@ -1,0 +1,73 @@
+//! Loading models for a command: one ([`load`]) or a pool of workers splitting the cores
+//! ([`load_workers`]), with the provider notes on stderr. The server and batch share this.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use aligner::{Aligner, GenerationConfig};
+
+use super::args::{GenArgs, ModelArgs};
+
+/// Cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Models loaded for `n` workers, with what they need to run and to be reloaded.
+pub struct Workers {
+    pub models: Vec<Aligner>,
+    /// The flags' generation settings over the folder's defaults, validated.
+    pub config: GenerationConfig,
+    pub dir: PathBuf,
+    /// The model flags with the per-worker thread count filled in: loads one more worker.
+    pub model_args: ModelArgs,
+}
+
+/// Loads `n` sessions of the model that `model` names. Without `--threads`, the cores are
+/// split between them: decoding is memory-bound, and oversubscribed ONNX Runtime threads only
+/// wait on each other.
+pub fn load_workers(model: &ModelArgs, gen: &GenArgs, n: usize) -> Result<Workers> {
+    let n = n.max(1);
+    let dir = model.model_dir()?;
+    let mut model_args = model.clone();
+    model_args.threads = Some(model.threads()?.unwrap_or((cores() / n).max(1)));
+    let models = (0..n)
+        .map(|_| load(&model_args, &dir))
+        .collect::<Result<Vec<_>>>()?;
+    let config = gen.apply(models[0].generation_defaults());
+    config.validate()?;
+    Ok(Workers {
+        models,
+        config,
+        dir,
+        model_args,
+    })
+}
+
+/// Loads the model and says on stderr how the execution provider was chosen, whenever that is
+/// not simply the CPU the user asked for.
+pub fn load(args: &ModelArgs, dir: &Path) -> Result<Aligner> {
+    let aligner = Aligner::load(dir, &args.load_options()?)?;
+    let report = aligner.provider();
+    for note in &report.notes {
+        eprintln!("aligner: {note}");
+    }
+    if !report.notes.is_empty() || args.ep.eq_ignore_ascii_case("auto") {
+        eprintln!("aligner: execution provider: {}", report.label());
+    }
+    if report.provider.is_gpu() && report.nodes_elsewhere() > 0 {
+        eprintln!(
+            "aligner: {} nodes are not on {}: {}",
+            report.nodes_elsewhere(),
+            report.provider,
+            report.placement_summary()
+        );
+    }
+    if let Some(warning) = aligner.provider_mismatch() {
+        eprintln!("aligner: warning: {warning}");
+    }
+    Ok(aligner)
+}
