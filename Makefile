@@ -123,6 +123,7 @@ lint: $(VENV)/.stamp
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
 	$(VENV)/bin/ruff check export train tests/python scripts benches
+	$(PY) scripts/module_graph.py
 
 # Parts for scripts/gpu-check.sh on a GPU machine (downloads the onnxruntime-gpu wheel).
 gpu-pack: model-zeroshot build

@@ -1,14 +1,9 @@
-//! Configuration: generation settings. The model folder and its manifests live in
-//! [`crate::folder`] and are re-exported here.
+//! Configuration: generation settings. The model folder and its manifests are in
+//! [`crate::folder`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-pub use crate::folder::{
-    AlignerManifest, GenaiConfig, GenaiDecoder, GenaiInputs, GenaiModel, GenaiOutputs, GenaiSearch,
-    ModelFolder, OneOrMany, MANIFEST_FORMAT_VERSION, MANIFEST_MAX_BYTES,
-};
 
 /// How to generate. Build with `Default` and the `with_*` setters; [`validate`](Self::validate)
 /// runs before any generation.
@@ -41,8 +36,8 @@ pub struct GenerationConfig {
     pub max_prompt_tokens: Option<usize>,
 }
 
-pub use crate::sampler::GREEDY_BELOW_TEMPERATURE;
 use crate::sampler::SamplingParams;
+pub use crate::sampler::GREEDY_BELOW_TEMPERATURE;
 
 impl Default for GenerationConfig {
     fn default() -> Self {

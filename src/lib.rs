@@ -43,12 +43,13 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{GenerationConfig, ModelFolder, SamplingOverrides};
+pub use config::{GenerationConfig, SamplingOverrides};
 pub use engine::EngineConfig;
 pub use error::{Error, Result};
+pub use folder::ModelFolder;
 pub use output::{DraftStats, Generation, Timings};
-pub use runtime::{available_providers, MIN_ORT_MINOR};
 pub use provider::{ArenaExtend, Provider, ProviderChoice, ProviderConfig, ProviderReport};
+pub use runtime::{available_providers, MIN_ORT_MINOR};
 pub use stop::FinishReason;
 pub use template::Template;
 

@@ -136,6 +136,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn finish_reasons_have_their_openai_names() {
+        let names: Vec<_> = [
+            FinishReason::Length,
+            FinishReason::Eos,
+            FinishReason::Stop,
+            FinishReason::ContextFull,
+            FinishReason::Cancelled,
+        ]
+        .iter()
+        .map(|r| r.openai_name())
+        .collect();
+        assert_eq!(names, ["length", "stop", "stop", "length", "cancelled"]);
+    }
+
+    #[test]
     fn stop_string_split_across_pieces_is_never_emitted() {
         let mut s = StopStrings::new(vec!["<|im_end|>".into()]);
         let mut out = String::new();

@@ -4,41 +4,33 @@ mod common;
 
 use common::*;
 
-fn correct_with(model: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    let m = model.to_str().unwrap();
-    run(&[
-        &[
-            "correct",
-            "--model",
-            m,
-            "-q",
-            "Q?",
-            "-a",
-            "A.",
-            "--max-new-tokens",
-            "4",
-        ][..],
-        extra,
-    ]
-    .concat())
+/// A correction of at most 4 tokens: enough to reach every check.
+fn correct_short(model: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    correct_with(model, &[&["--max-new-tokens", "4"][..], extra].concat())
 }
 
 #[test]
 fn missing_model_folder() {
-    let o = correct_with(std::path::Path::new("/nonexistent/model"), &[]);
+    let o = correct_short(std::path::Path::new("/nonexistent/model"), &[]);
     assert_one_line_error(&o, "does not exist");
 }
 
 #[test]
 fn missing_genai_config() {
     let d = broken_copy(|p| std::fs::remove_file(p.join("genai_config.json")).unwrap());
-    assert_one_line_error(&correct_with(d.path(), &[]), "genai_config.json is missing");
+    assert_one_line_error(
+        &correct_short(d.path(), &[]),
+        "genai_config.json is missing",
+    );
 }
 
 #[test]
 fn invalid_genai_config() {
     let d = broken_copy(|p| std::fs::write(p.join("genai_config.json"), "{\"model\": 3").unwrap());
-    assert_one_line_error(&correct_with(d.path(), &[]), "genai_config.json is invalid");
+    assert_one_line_error(
+        &correct_short(d.path(), &[]),
+        "genai_config.json is invalid",
+    );
 }
 
 #[test]
@@ -47,13 +39,13 @@ fn truncated_model_onnx() {
         let bytes = std::fs::read(p.join("model.onnx")).unwrap();
         std::fs::write(p.join("model.onnx"), &bytes[..bytes.len() / 3]).unwrap();
     });
-    assert_one_line_error(&correct_with(d.path(), &[]), "re-export the folder");
+    assert_one_line_error(&correct_short(d.path(), &[]), "re-export the folder");
 }
 
 #[test]
 fn missing_tokenizer() {
     let d = broken_copy(|p| std::fs::remove_file(p.join("tokenizer.json")).unwrap());
-    assert_one_line_error(&correct_with(d.path(), &[]), "tokenizer.json is missing");
+    assert_one_line_error(&correct_short(d.path(), &[]), "tokenizer.json is missing");
 }
 
 #[test]
@@ -78,26 +70,26 @@ fn prompt_longer_than_context() {
 
 #[test]
 fn top_p_out_of_range() {
-    let o = correct_with(&tiny_model(), &["--top-p", "1.5"]);
+    let o = correct_short(&tiny_model(), &["--top-p", "1.5"]);
     assert_one_line_error(&o, "top_p 1.5 must be in (0, 1]");
     assert_eq!(o.status.code(), Some(2));
 }
 
 #[test]
 fn negative_temperature() {
-    let o = correct_with(&tiny_model(), &["--temperature", "-1"]);
+    let o = correct_short(&tiny_model(), &["--temperature", "-1"]);
     assert_one_line_error(&o, "temperature -1 must be >= 0");
 }
 
 #[test]
 fn unknown_template() {
-    let o = correct_with(&tiny_model(), &["--template", "aligner-v9"]);
+    let o = correct_short(&tiny_model(), &["--template", "aligner-v9"]);
     assert_one_line_error(&o, "unknown template 'aligner-v9'");
 }
 
 #[test]
 fn onnx_runtime_not_found() {
-    let o = correct_with(
+    let o = correct_short(
         &tiny_model(),
         &["--ort-lib", "/nonexistent/libonnxruntime.so"],
     );
@@ -124,13 +116,13 @@ fn not_an_onnx_runtime_library() {
     let d = tempfile::tempdir().unwrap();
     let fake = d.path().join("libonnxruntime.so");
     std::fs::write(&fake, b"not a library").unwrap();
-    let o = correct_with(&tiny_model(), &["--ort-lib", fake.to_str().unwrap()]);
+    let o = correct_short(&tiny_model(), &["--ort-lib", fake.to_str().unwrap()]);
     assert_one_line_error(&o, "ONNX Runtime library not found");
 }
 
 #[test]
 fn unreadable_answer_file() {
-    let o = correct_with(&tiny_model(), &["--answer-file", "/nonexistent/answer.txt"]);
+    let o = correct_short(&tiny_model(), &["--answer-file", "/nonexistent/answer.txt"]);
     // --answer and --answer-file conflict: clap reports it; use a run without -a instead.
     assert!(!o.status.success());
     let m = tiny_model();

@@ -4,22 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use serde_json::Value;
-
-fn correct_with(model: &Path, extra: &[&str]) -> std::process::Output {
-    let m = model.to_str().unwrap();
-    let base = ["correct", "--model", m, "-q", "Q?", "-a", "A."];
-    run(&[&base[..], extra].concat())
-}
-
-fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    edit(&mut v);
-    std::fs::write(path, v.to_string()).unwrap();
-}
 
 #[test]
 fn huge_token_budgets_are_capped_at_the_context() {

@@ -27,14 +27,6 @@ fn write_input(dir: &Path) -> (PathBuf, Vec<String>) {
     (path, lines)
 }
 
-fn rows(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every row is whole JSON"))
-        .collect()
-}
-
 /// Line number -> how many rows (outputs and rejects together) mention it.
 fn coverage(out: &Path) -> BTreeMap<u64, usize> {
     let rejects = out.with_file_name(
@@ -44,7 +36,7 @@ fn coverage(out: &Path) -> BTreeMap<u64, usize> {
             .replace(".jsonl", ".rejects.jsonl"),
     );
     let mut seen = BTreeMap::new();
-    for row in rows(out).into_iter().chain(rows(&rejects)) {
+    for row in jsonl(out).into_iter().chain(jsonl(&rejects)) {
         *seen
             .entry(row["meta"]["line"].as_u64().unwrap())
             .or_insert(0) += 1;
@@ -80,7 +72,7 @@ fn every_input_row_ends_as_one_output_or_one_reject() {
         (0..50).collect::<Vec<_>>()
     );
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
-    let rejects: BTreeMap<u64, String> = rows(&dir.path().join("out.rejects.jsonl"))
+    let rejects: BTreeMap<u64, String> = jsonl(&dir.path().join("out.rejects.jsonl"))
         .iter()
         .map(|r| {
             (
@@ -144,7 +136,7 @@ fn a_killed_run_resumes_without_duplicates_or_loss() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while rows(&out).len() < 8 {
+    while jsonl(&out).len() < 8 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the batch made no progress"
@@ -209,7 +201,7 @@ fn dpo_and_sharegpt_rows_are_well_formed() {
     assert!(batch(&default_model(), &input, &out, &["--format", "dpo"])
         .status
         .success());
-    let dpo = rows(&out);
+    let dpo = jsonl(&out);
     assert_eq!(dpo.len(), 45);
     for row in &dpo {
         let line = row["meta"]["line"].as_u64().unwrap() as usize;
@@ -229,7 +221,7 @@ fn dpo_and_sharegpt_rows_are_well_formed() {
             .status
             .success()
     );
-    let row = &rows(&out)[0];
+    let row = &jsonl(&out)[0];
     assert_eq!(row["conversations"][0]["from"], "human");
     assert_eq!(row["chosen"]["from"], "gpt");
     assert_eq!(row["rejected"]["from"], "gpt");
@@ -252,7 +244,7 @@ fn custom_field_names_are_honoured() {
         &["--question-field", "prompt", "--answer-field", "response"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let row = &rows(&out)[0];
+    let row = &jsonl(&out)[0];
     assert_eq!(
         (row["question"].as_str(), row["answer"].as_str()),
         (Some("Capital of France?"), Some("Berlin."))
@@ -288,7 +280,7 @@ fn answer_task_writes_upstream_answers_that_feed_a_correcting_run() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 answered"), "{}", stderr(&o));
-    let rows_out = rows(&answers);
+    let rows_out = jsonl(&answers);
     assert_eq!(rows_out.len(), 2);
     for row in &rows_out {
         let q = row["question"].as_str().unwrap();
@@ -322,7 +314,7 @@ fn answer_task_writes_upstream_answers_that_feed_a_correcting_run() {
     let pairs = dir.path().join("pairs.jsonl");
     let o = batch(&default_model(), &answers, &pairs, &["--format", "dpo"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let dpo = rows(&pairs);
+    let dpo = jsonl(&pairs);
     assert_eq!(dpo.len(), 2);
     for (pair, answer) in dpo.iter().zip(&rows_out) {
         assert_eq!(pair["prompt"], answer["question"]);

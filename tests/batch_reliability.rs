@@ -8,7 +8,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn rows(n: usize) -> String {
     (0..n)
@@ -54,14 +54,6 @@ fn batch(input: &Path, out: &Path, extra: &[&str]) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
-}
-
-fn lines_of(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn setup(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -159,7 +151,7 @@ fn a_full_disk_is_reported_and_the_run_resumes_after() {
     // With the limit lifted, a re-run finishes the file: every row exactly once.
     let o = batch(&input, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut seen: Vec<u64> = lines_of(&out)
+    let mut seen: Vec<u64> = jsonl(&out)
         .iter()
         .map(|r| r["meta"]["line"].as_u64().unwrap())
         .collect();
@@ -188,7 +180,7 @@ fn two_runs_on_one_output_cannot_both_write() {
     );
     assert_one_line_error(&second, "another aligner batch is writing");
     assert!(first.wait().unwrap().success());
-    let mut seen: Vec<u64> = lines_of(&out)
+    let mut seen: Vec<u64> = jsonl(&out)
         .iter()
         .map(|r| r["meta"]["line"].as_u64().unwrap())
         .collect();
@@ -214,7 +206,7 @@ fn changed_input_on_resume_is_counted_and_strict_resume_stops() {
     assert!(o.status.success());
     assert!(stderr(&o).contains("warning: 1 row(s)"), "{}", stderr(&o));
     // The changed line ran again; the stale row stays.
-    assert_eq!(lines_of(&out).len(), 6);
+    assert_eq!(jsonl(&out).len(), 6);
 }
 
 #[test]
@@ -230,13 +222,13 @@ fn invalid_utf8_rejects_one_row_and_a_bom_is_accepted() {
     let out = dir.path().join("out.jsonl");
     let o = batch(&input, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let done: Vec<u64> = lines_of(&out)
+    let done: Vec<u64> = jsonl(&out)
         .iter()
         .map(|r| r["meta"]["line"].as_u64().unwrap())
         .collect();
     assert_eq!(done.len(), 4, "{done:?}");
     assert!(done.contains(&0), "the BOM line was processed");
-    let rejects = lines_of(&dir.path().join("out.rejects.jsonl"));
+    let rejects = jsonl(&dir.path().join("out.rejects.jsonl"));
     assert_eq!(rejects.len(), 1);
     assert_eq!(rejects[0]["meta"]["line"], 3);
     assert!(rejects[0]["reason"]
@@ -245,7 +237,7 @@ fn invalid_utf8_rejects_one_row_and_a_bom_is_accepted() {
         .contains("not valid UTF-8"));
     // A re-run does nothing more.
     assert!(batch(&input, &out, &[]).status.success());
-    assert_eq!(lines_of(&out).len(), 4);
+    assert_eq!(jsonl(&out).len(), 4);
 }
 
 /// Peak resident set of a finished child, in MB (wait4's rusage).
@@ -285,7 +277,7 @@ fn huge_rows_are_rejected_without_being_held_or_tokenized() {
     let out = dir.path().join("out.jsonl");
     let (status, huge_mb) = run_measuring_rss(batch_cmd(&input, &out, &[]));
     assert!(status.success());
-    let rejects = lines_of(&dir.path().join("out.rejects.jsonl"));
+    let rejects = jsonl(&dir.path().join("out.rejects.jsonl"));
     assert_eq!(rejects.len(), 2);
     assert!(rejects[0]["reason"]
         .as_str()

@@ -6,12 +6,6 @@ use common::*;
 use std::io::Write;
 use std::process::Stdio;
 
-fn json_of(args: &[&str]) -> serde_json::Value {
-    let o = run(args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_str(&stdout(&o)).expect("valid JSON")
-}
-
 #[test]
 fn correct_prints_a_non_empty_correction() {
     let model = default_model();

@@ -24,11 +24,6 @@ fn correct(extra: &[&str]) -> std::process::Output {
     run(&args)
 }
 
-fn json(o: &std::process::Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_str(stdout(o).trim()).expect("one JSON object")
-}
-
 #[test]
 fn explicit_cuda_on_the_cpu_library_is_a_clear_error() {
     let o = correct(&["--ep", "cuda"]);
@@ -51,7 +46,7 @@ fn explicit_tensorrt_on_the_cpu_library_is_a_clear_error() {
 #[test]
 fn cpu_fallback_must_be_asked_for_and_is_reported() {
     let o = correct(&["--ep", "cuda", "--allow-cpu-fallback", "--json"]);
-    let v = json(&o);
+    let v = json_stdout(&o);
     assert_eq!(v["provider"], "cpu");
     assert!(!v["correction"].as_str().unwrap().is_empty());
     let err = stderr(&o);
@@ -65,7 +60,7 @@ fn cpu_fallback_must_be_asked_for_and_is_reported() {
 #[test]
 fn auto_picks_the_cpu_here_and_says_why() {
     let o = correct(&["--ep", "auto", "--json"]);
-    assert_eq!(json(&o)["provider"], "cpu");
+    assert_eq!(json_stdout(&o)["provider"], "cpu");
     let err = stderr(&o);
     assert!(
         err.contains("tensorrt unavailable") && err.contains("cuda unavailable"),
@@ -85,7 +80,7 @@ fn info_reports_the_provider_in_use_and_node_placement() {
         "auto",
         "--json",
     ]);
-    let v = json(&o);
+    let v = json_stdout(&o);
     assert_eq!(v["provider_in_use"], "cpu");
     let placement = v["node_placement"].as_array().unwrap();
     assert_eq!(placement.len(), 1, "{placement:?}");
@@ -177,7 +172,7 @@ fn greedy_tokens(model: &std::path::Path) -> Vec<u64> {
         "0",
         "--json",
     ]);
-    json(&o)["tokens"]
+    json_stdout(&o)["tokens"]
         .as_array()
         .unwrap()
         .iter()

@@ -30,17 +30,6 @@ fn metric(server: &Server, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn correct_plain_and_streamed_give_the_same_correction() {
     let server = Server::start(&["--model", &model_arg()]);

@@ -13,7 +13,13 @@ use aligner::{
 };
 
 use super::errors::usage;
-use super::workers::cores;
+
+/// Cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
 
 /// More intra-op threads than this is a typo, not a machine.
 const MAX_THREADS: usize = 1024;

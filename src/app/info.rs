@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use aligner::config::AlignerManifest;
+use aligner::folder::AlignerManifest;
 use aligner::RuntimeInfo;
 
 use super::args::ModelArgs;

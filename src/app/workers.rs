@@ -7,14 +7,7 @@ use anyhow::Result;
 
 use aligner::{Aligner, GenerationConfig};
 
-use super::args::{GenArgs, ModelArgs};
-
-/// Cores this process may use.
-pub fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
+use super::args::{cores, GenArgs, ModelArgs};
 
 /// Models loaded for `n` workers, with what they need to run and to be reloaded.
 pub struct Workers {

@@ -17,17 +17,19 @@ use std::path::PathBuf;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session, SessionInputValue};
-use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
+use ort::value::{DynTensor, DynValue, TensorElementType};
 
-use crate::config::ModelFolder;
 use crate::error::{Error, Result};
+use crate::folder::ModelFolder;
 use crate::kv_cache::StepPlan;
 use crate::model::DecoderModel;
 use crate::provider::{ProviderConfig, ProviderReport};
 use crate::runtime::OrtRuntime;
 
 pub mod graph_cache;
+mod io;
 mod session;
+use io::{tensor_type, InputRole};
 use session::{build_session, int_tensor};
 
 /// Shared KV buffers up to this many positions are kept between sequences; larger ones are
@@ -70,16 +72,6 @@ enum KvStorage {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum InputRole {
-    InputIds,
-    AttentionMask(TensorElementType),
-    PositionIds(TensorElementType),
-    /// Optional input of our exporter's graphs: logits for only the last k positions.
-    LogitsToKeep,
-    Past(usize),
-}
-
 pub struct OnnxDecoder {
     session: Session,
     roles: Vec<InputRole>,
@@ -104,13 +96,6 @@ pub struct OnnxDecoder {
     report: ProviderReport,
 }
 
-fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
-    match vt {
-        ValueType::Tensor { ty, .. } => Some(*ty),
-        _ => None,
-    }
-}
-
 impl OnnxDecoder {
     pub fn load(
         runtime: &OrtRuntime,
@@ -120,94 +105,8 @@ impl OnnxDecoder {
         let path = folder.model_path();
         let (session, report) = build_session(runtime, folder, &path, config)?;
         let d = &folder.genai.model.decoder;
-        let names = &d.inputs;
-        let layer_names = |pattern: &str, i: usize| pattern.replace("%d", &i.to_string());
-
-        let mut past_slots = std::collections::HashMap::new();
-        for i in 0..d.num_hidden_layers {
-            past_slots.insert(layer_names(&names.past_key_names, i), 2 * i);
-            past_slots.insert(layer_names(&names.past_value_names, i), 2 * i + 1);
-        }
-        let mut roles = Vec::new();
-        let mut kv_dtype = None;
-        for input in session.inputs() {
-            let name = input.name();
-            let ty = tensor_type(input.dtype());
-            let role = if name == names.input_ids {
-                InputRole::InputIds
-            } else if Some(name) == names.attention_mask.as_deref() || name == "attention_mask" {
-                InputRole::AttentionMask(ty.unwrap_or(TensorElementType::Int64))
-            } else if Some(name) == names.position_ids.as_deref() || name == "position_ids" {
-                InputRole::PositionIds(ty.unwrap_or(TensorElementType::Int64))
-            } else if name == "logits_to_keep" {
-                InputRole::LogitsToKeep
-            } else if let Some(&slot) = past_slots.get(name) {
-                kv_dtype = ty;
-                InputRole::Past(slot)
-            } else {
-                return Err(Error::load(
-                    &path,
-                    format!("model input '{name}' is not described by genai_config.json; re-export the folder"),
-                ));
-            };
-            roles.push(role);
-        }
-        let n_past = roles
-            .iter()
-            .filter(|r| matches!(r, InputRole::Past(_)))
-            .count();
-        if n_past != 2 * d.num_hidden_layers || !roles.contains(&InputRole::InputIds) {
-            return Err(Error::load(
-                &path,
-                format!(
-                    "model has {n_past} past key/value inputs, genai_config.json expects {}; re-export the folder",
-                    2 * d.num_hidden_layers
-                ),
-            ));
-        }
-        let kv_dtype = match kv_dtype {
-            Some(t @ (TensorElementType::Float32 | TensorElementType::Float16)) => t,
-            other => {
-                return Err(Error::load(
-                    &path,
-                    format!("KV cache dtype {other:?} is not supported (fp32 or fp16 only)"),
-                ))
-            }
-        };
-        let outputs = &d.outputs;
-        let mut present_names = Vec::with_capacity(2 * d.num_hidden_layers);
-        for i in 0..d.num_hidden_layers {
-            present_names.push(layer_names(&outputs.present_key_names, i));
-            present_names.push(layer_names(&outputs.present_value_names, i));
-        }
-        let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        // The manifest's vocabulary sizes every logits buffer: it must be the graph's.
-        let graph_vocab = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == outputs.logits)
-            .and_then(|o| match o.dtype() {
-                ValueType::Tensor { shape, .. } => shape.last().copied(),
-                _ => None,
-            })
-            .filter(|&v| v > 0);
-        if let Some(v) = graph_vocab.filter(|&v| v as usize != folder.genai.model.vocab_size) {
-            return Err(Error::load(
-                &path,
-                format!(
-                    "genai_config.json says vocab_size {} but the graph's logits have {v} columns; re-export the folder",
-                    folder.genai.model.vocab_size
-                ),
-            ));
-        }
-        for name in present_names.iter().chain(std::iter::once(&outputs.logits)) {
-            if !output_names.contains(&name.as_str()) {
-                return Err(Error::load(
-                    &path,
-                    format!("model has no output '{name}' named in genai_config.json; re-export the folder"),
-                ));
-            }
-        }
+        let (roles, kv_dtype) = io::input_roles(&session, folder, &path)?;
+        let present_names = io::present_names(&session, folder, &path)?;
         let vocab_size = folder.genai.model.vocab_size;
         let input_names = session
             .inputs()
@@ -227,7 +126,7 @@ impl OnnxDecoder {
             session,
             roles,
             present_names,
-            logits_name: outputs.logits.clone(),
+            logits_name: d.outputs.logits.clone(),
             kv,
             kv_dtype,
             kv_heads: d.num_key_value_heads,
@@ -248,33 +147,40 @@ impl OnnxDecoder {
             report,
         };
         if engine.report.provider.is_gpu() {
-            let device = engine.report.device_id.unwrap_or(0);
-            let provider = engine.report.provider.to_string();
-            let unavailable = |e: ort::Error| Error::Provider {
-                provider: provider.clone(),
-                reason: format!("cannot allocate device memory: {}", e.message()),
-            };
-            engine.cpu_output = MemoryInfo::new(
-                AllocationDevice::CUDA_PINNED,
-                0,
-                AllocatorType::Device,
-                MemoryType::CPUOutput,
-            )
-            .map_err(unavailable)?;
-            if matches!(engine.kv, KvStorage::Shared { .. }) {
-                let on_device = MemoryInfo::new(
-                    AllocationDevice::CUDA,
-                    device,
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )
-                .map_err(unavailable)?;
-                engine.kv_allocator =
-                    Some(Allocator::new(&engine.session, on_device).map_err(unavailable)?);
-            }
+            engine.use_device_memory()?;
         }
         engine.reset_past()?;
         Ok(engine)
+    }
+
+    /// On a GPU: logits come back into pinned host memory, and the shared KV buffers live on
+    /// the device. A failure here is the provider's, not the model's.
+    fn use_device_memory(&mut self) -> Result<()> {
+        let device = self.report.device_id.unwrap_or(0);
+        let provider = self.report.provider.to_string();
+        let unavailable = |e: ort::Error| Error::Provider {
+            provider: provider.clone(),
+            reason: format!("cannot allocate device memory: {}", e.message()),
+        };
+        self.cpu_output = MemoryInfo::new(
+            AllocationDevice::CUDA_PINNED,
+            0,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        )
+        .map_err(unavailable)?;
+        if matches!(self.kv, KvStorage::Shared { .. }) {
+            let on_device = MemoryInfo::new(
+                AllocationDevice::CUDA,
+                device,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(unavailable)?;
+            self.kv_allocator =
+                Some(Allocator::new(&self.session, on_device).map_err(unavailable)?);
+        }
+        Ok(())
     }
 
     /// Bytes the KV cache takes per position (keys and values of every layer).
@@ -333,8 +239,12 @@ impl OnnxDecoder {
         let mut buffers = self.kv_tensors(new_capacity)?;
         let mut binding = self.session.create_binding().map_err(Error::ort_run)?;
         for (slot, buffer) in buffers.iter_mut().enumerate() {
-            binding.bind_input(self.past_input_name(slot), &*buffer).map_err(Error::ort_run)?;
-            binding.bind_output(self.present_names[slot].as_str(), &mut *buffer).map_err(Error::ort_run)?;
+            binding
+                .bind_input(self.past_input_name(slot), &*buffer)
+                .map_err(Error::ort_run)?;
+            binding
+                .bind_output(self.present_names[slot].as_str(), &mut *buffer)
+                .map_err(Error::ort_run)?;
         }
         self.kv = KvStorage::Shared {
             _buffers: buffers,
@@ -402,11 +312,15 @@ impl OnnxDecoder {
             return Err(Error::Inference("shared KV cache is not bound".into()));
         };
         for (index, value) in &step {
-            binding.bind_input(self.input_names[*index].as_str(), value).map_err(Error::ort_run)?;
+            binding
+                .bind_input(self.input_names[*index].as_str(), value)
+                .map_err(Error::ort_run)?;
         }
         // Logits change shape between prefill and decode: let ONNX Runtime allocate them each
         // run (a binding would otherwise reuse the previous run's tensor as a fixed output).
-        binding.bind_output_to_device(self.logits_name.as_str(), &self.cpu_output).map_err(Error::ort_run)?;
+        binding
+            .bind_output_to_device(self.logits_name.as_str(), &self.cpu_output)
+            .map_err(Error::ort_run)?;
         let mut outputs = self.session.run_binding(binding).map_err(Error::ort_run)?;
         let logits = outputs
             .remove(&self.logits_name)
@@ -430,7 +344,10 @@ impl OnnxDecoder {
                 },
             }
         }
-        let mut outputs = self.session.run(inputs.as_slice()).map_err(Error::ort_run)?;
+        let mut outputs = self
+            .session
+            .run(inputs.as_slice())
+            .map_err(Error::ort_run)?;
         let logits = outputs
             .remove(&self.logits_name)
             .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
@@ -476,7 +393,9 @@ impl OnnxDecoder {
                 self.logits[..want].copy_from_slice(&data[data.len() - want..]);
             }
             Some(TensorElementType::Float16) => {
-                let (_, data) = value.try_extract_tensor::<half::f16>().map_err(Error::ort_run)?;
+                let (_, data) = value
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(Error::ort_run)?;
                 if data.len() < want || data.len() % vocab != 0 {
                     return Err(shape_err(data.len()));
                 }

@@ -8,8 +8,8 @@ use ort::value::{DynValue, Tensor, TensorElementType};
 
 use super::graph_cache::GraphCache;
 use super::EngineConfig;
-use crate::config::ModelFolder;
 use crate::error::{Error, Result};
+use crate::folder::ModelFolder;
 use crate::provider::{self, Provider, ProviderReport};
 use crate::runtime::{self as ort_runtime, OrtRuntime, PlacementLog};
 
@@ -44,7 +44,7 @@ pub(super) fn build_session(
     let available = ort_runtime::available_providers();
     let (provider, notes) = provider::register(&mut builder, &config.provider, folder, &available)?;
     placements.take(); // registration may log; only the commit's placement counts
-    // GPU providers keep their own caches (TensorRT engines); the graph cache is for the CPU.
+                       // GPU providers keep their own caches (TensorRT engines); the graph cache is for the CPU.
     let cache = config
         .graph_cache
         .as_ref()

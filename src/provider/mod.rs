@@ -16,11 +16,11 @@ use std::str::FromStr;
 
 mod register;
 
-use crate::config::ModelFolder;
 use crate::error::{Error, Result};
+use crate::folder::ModelFolder;
 
-pub use register::{explain_failure, trt_profiles};
 pub(crate) use register::register;
+pub use register::{explain_failure, trt_profiles};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,8 +4,8 @@ use ort::ep::{ExecutionProvider, TensorRT, CUDA};
 use ort::session::builder::SessionBuilder;
 
 use super::{ArenaExtend, Provider, ProviderChoice, ProviderConfig};
-use crate::config::ModelFolder;
 use crate::error::{Error, Result};
+use crate::folder::ModelFolder;
 
 /// Explains a registration failure in the user's terms: library missing, CUDA libraries
 /// missing, no device, or a version mismatch.
@@ -179,7 +179,7 @@ mod tests {
     use std::path::PathBuf;
     #[test]
     fn tensorrt_profiles_cover_decode_to_full_context_prefill() {
-        let genai: crate::config::GenaiConfig = serde_json::from_value(serde_json::json!({
+        let genai: crate::folder::GenaiConfig = serde_json::from_value(serde_json::json!({
             "model": {
                 "context_length": 256, "vocab_size": 10, "eos_token_id": 2, "type": "llama",
                 "decoder": {

@@ -90,3 +90,50 @@ pub fn copy_model(src: &Path, dst: &Path) {
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
 }
+
+/// `aligner correct --model MODEL -q Q? -a A.` plus `extra`.
+pub fn correct_with(model: &Path, extra: &[&str]) -> Output {
+    let m = model.to_str().unwrap();
+    let base = ["correct", "--model", m, "-q", "Q?", "-a", "A."];
+    run(&[&base[..], extra].concat())
+}
+
+/// The one JSON object a successful run printed.
+pub fn json_stdout(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_str(stdout(o).trim()).expect("one JSON object")
+}
+
+/// Runs `args` and returns the JSON object it printed.
+pub fn json_of(args: &[&str]) -> serde_json::Value {
+    json_stdout(&run(args))
+}
+
+/// Every line of a JSONL file (none when it does not exist); each must be whole JSON.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every row is whole JSON"))
+        .collect()
+}
+
+/// Rewrites a JSON file through `edit`.
+pub fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+/// Polls `done` for up to 20 s: a deadline for a state to be reached, not a timing test.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

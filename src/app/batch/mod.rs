@@ -10,25 +10,25 @@
 //! parallel; a feeder thread reads the input and the main thread writes results.
 
 mod input;
+mod outputs;
 mod resume;
 mod rows;
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::args::{BatchArgs, Format, Task};
+use super::args::{cores, BatchArgs, Format, Task};
 use super::errors::{panic_message, usage};
-use super::workers::{cores, load_workers, Workers};
+use super::workers::{load_workers, Workers};
+use outputs::{open_outputs, Outputs};
 
 /// `i/n` with `i < n`.
 pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
@@ -44,15 +44,6 @@ pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
             "--shard {text} is not I/N with 0 <= I < N (for example 0/4)"
         )),
     }
-}
-
-pub fn rejects_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
-    output.with_file_name(format!("{stem}.rejects.jsonl"))
 }
 
 struct Row {
@@ -146,78 +137,8 @@ fn work(
     }
 }
 
-/// Opens `path` for appending under an exclusive lock, held until the run ends, so that two
-/// runs on one output cannot both append (they once duplicated every row).
-fn open_locked(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot open {} for appending; check that its folder exists and is writable",
-                path.display()
-            )
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another aligner batch is writing {} (it holds the file's lock); wait for it to finish, or pick another output",
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-}
-
-/// Refuses an output or rejects file that is the input itself (same file by inode, whatever
-/// the path says): appending would first truncate a torn "row", i.e. the input.
-fn check_not_input(input: &File, files: &[(&File, &Path)], input_path: &Path) -> Result<()> {
-    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino()));
-    let input_id = id(input)?;
-    for (file, path) in files {
-        if id(file)? == input_id {
-            return usage(format!(
-                "{} is the input file {}; writing there would destroy the input. Pick another output",
-                path.display(),
-                input_path.display()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Line numbers and hashes of this run's input, and how many rows it still has to do.
-struct InputPlan {
-    pending: u64,
-    current: HashSet<(usize, String)>,
-}
-
-fn plan_input(args: &BatchArgs, shard: (usize, usize), done: &resume::Keys) -> Result<InputPlan> {
-    let file = File::open(&args.input)
-        .with_context(|| format!("cannot read input {}", args.input.display()))?;
-    let mut reader = BufReader::new(file);
-    let mut plan = InputPlan {
-        pending: 0,
-        current: HashSet::new(),
-    };
-    let mut number = 0;
-    while let Some(line) = input::next_line(&mut reader, args.max_row_bytes)
-        .with_context(|| format!("cannot read input {}", args.input.display()))?
-    {
-        let key = (number, line.hash);
-        if number % shard.1 == shard.0 && !done.contains(&key) {
-            plan.pending += 1;
-        }
-        plan.current.insert(key);
-        number += 1;
-    }
-    Ok(plan)
-}
-
-pub fn run(args: BatchArgs) -> Result<()> {
+/// Checks the flags that need no file or model; returns the shard.
+fn check_flags(args: &BatchArgs) -> Result<(usize, usize)> {
     let (shard, shards) = match &args.shard {
         Some(s) => parse_shard(s)?,
         None => (0, 1),
@@ -239,39 +160,34 @@ pub fn run(args: BatchArgs) -> Result<()> {
         }
         _ => {}
     }
+    Ok((shard, shards))
+}
+
+fn progress_bar(pending: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(pending), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+
+    bar
+}
+
+pub fn run(args: BatchArgs) -> Result<()> {
+    let (shard, shards) = check_flags(&args)?;
     // A full disk or `ulimit -f` must fail a write with an error we report, not kill us.
     // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let input = File::open(&args.input)
-        .with_context(|| format!("cannot read input {}", args.input.display()))?;
-    let rejects = rejects_path(&args.output);
-    let mut out_file = open_locked(&args.output)?;
-    let mut rej_file = open_locked(&rejects)?;
-    check_not_input(
-        &input,
-        &[(&out_file, &args.output), (&rej_file, &rejects)],
-        &args.input,
-    )?;
-    drop(input);
-    let mut done = resume::resume(&mut out_file, &args.output)?.keys;
-    let rejected_before = resume::resume(&mut rej_file, &rejects)?.keys;
-    done.extend(rejected_before);
+    let Outputs {
+        out_file,
+        rej_file,
+        rejects,
+        done,
+        pending,
+    } = open_outputs(&args, (shard, shards))?;
     let already = done.len();
-
-    let plan = plan_input(&args, (shard, shards), &done)?;
-    let stale = done.iter().filter(|k| !plan.current.contains(k)).count();
-    if stale > 0 {
-        let what = format!(
-            "{stale} row(s) in {} and its rejects come from input lines that have changed or gone since they were written",
-            args.output.display()
-        );
-        if args.strict_resume {
-            return usage(format!("{what}; nothing was done (--strict-resume). Use a new output, or drop --strict-resume to keep them and run the changed lines again"));
-        }
-        eprintln!("aligner: warning: {what}; they stay, and the changed lines are run again (--strict-resume stops instead)");
-    }
 
     let workers = args.workers.unwrap_or(cores()).max(1);
     let Workers {
@@ -282,11 +198,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
     } = load_workers(&args.model, &args.gen, workers)?;
     let template = models[0].template()?;
 
-    let bar = ProgressBar::with_draw_target(Some(plan.pending), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(pending);
 
     let (task_tx, task_rx) = sync_channel::<Row>(workers * 4);
     let task_rx = Arc::new(Mutex::new(task_rx));
@@ -449,17 +361,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn rejects_file_sits_next_to_the_output() {
-        assert_eq!(
-            rejects_path(Path::new("/d/out.jsonl")),
-            PathBuf::from("/d/out.rejects.jsonl")
-        );
-        assert_eq!(
-            rejects_path(Path::new("/d/out")),
-            PathBuf::from("/d/out.rejects.jsonl")
-        );
     }
 }

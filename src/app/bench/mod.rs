@@ -76,58 +76,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .with_max_new_tokens(args.new_tokens)
         .with_suppress_eos(true);
 
-    let mut series: [(&str, Vec<f64>); 4] = [
-        ("prefill_tok_s", vec![]),
-        ("decode_tok_s", vec![]),
-        ("ttft_ms", vec![]),
-        ("generation_ms", vec![]),
-    ];
-    for run in 0..args.warmup + args.runs {
-        let g = aligner.generate_ids(&ids, &config, &mut |_| true)?;
-        if run < args.warmup {
-            continue;
-        }
-        let t = &g.timings;
-        series[0].1.push(t.prefill_tok_s(g.prompt_tokens));
-        series[1].1.push(t.decode_tok_s(g.tokens.len()));
-        series[2].1.push(t.prefill_ms);
-        series[3].1.push(t.total_ms);
-    }
-    let mut out = Map::new();
-    for (key, values) in series.iter_mut() {
-        put(&mut out, key, stats(values));
-    }
+    let mut out = synthetic(&mut aligner, &ids, &config, &args)?;
     let mut max_positions = args.prompt_tokens + args.new_tokens;
     if !args.no_corrections {
-        let items = corrections::load_workload(args.workload.as_deref())?;
-        let mut report = corrections::run(
-            &mut aligner,
-            &items,
-            args.correction_tokens,
-            args.warmup,
-            args.correction_runs.max(1),
-        )?;
-        put(&mut out, "correction_ms", stats(&mut report.draft_total_ms));
-        put(
-            &mut out,
-            "correction_plain_ms",
-            stats(&mut report.plain_total_ms),
-        );
-        let (heavy_ratio, heavy_pairs) =
-            corrections::ratio_at_least(&report.items, corrections::COPY_HEAVY)
-                .map_or((Value::Null, 0), |(r, n)| (json!(r), n));
-        out.insert("copy_heavy_draft_over_plain".into(), heavy_ratio);
-        out.insert("copy_heavy_pairs".into(), json!(heavy_pairs));
-        out.insert(
-            "drafts_lossless".into(),
-            json!(report.items.iter().all(|i| i.identical)),
-        );
-        max_positions = report
-            .items
-            .iter()
-            .map(|i| i.prompt_tokens + args.correction_tokens)
-            .fold(max_positions, usize::max);
-        out.insert("workload".into(), serde_json::to_value(&report.items)?);
+        let longest = add_corrections(&mut aligner, &args, &mut out)?;
+        max_positions = max_positions.max(longest);
     }
     let folder_mb = folder_size_mb(&dir);
     let kv_mb = aligner.kv_cache_bytes(max_positions) as f64 / MIB;
@@ -152,33 +105,109 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", Value::Object(out));
     } else {
-        println!(
-            "{:<20} {:>10} {:>10} {:>10}",
-            "metric", "median", "min", "max"
-        );
-        for key in [
-            "prefill_tok_s",
-            "decode_tok_s",
-            "ttft_ms",
-            "generation_ms",
-            "correction_ms",
-            "correction_plain_ms",
-            "peak_rss_mb",
-            "session_start_ms",
-        ] {
-            if !out.contains_key(key) {
-                continue;
-            }
-            println!(
-                "{key:<20} {:>10.1} {:>10.1} {:>10.1}",
-                out[key].as_f64().unwrap_or(0.0),
-                out[&format!("{key}_min")].as_f64().unwrap_or(0.0),
-                out[&format!("{key}_max")].as_f64().unwrap_or(0.0)
-            );
-        }
+        print_table(&out);
         print_summary(&out);
     }
     Ok(())
+}
+
+/// Prefill and decode over the fixed prompt `ids`: warm-up runs, then medians of the rest.
+fn synthetic(
+    aligner: &mut aligner::Aligner,
+    ids: &[u32],
+    config: &GenerationConfig,
+    args: &BenchArgs,
+) -> Result<Map<String, Value>> {
+    let mut series: [(&str, Vec<f64>); 4] = [
+        ("prefill_tok_s", vec![]),
+        ("decode_tok_s", vec![]),
+        ("ttft_ms", vec![]),
+        ("generation_ms", vec![]),
+    ];
+    for run in 0..args.warmup + args.runs {
+        let g = aligner.generate_ids(ids, config, &mut |_| true)?;
+        if run < args.warmup {
+            continue;
+        }
+        let t = &g.timings;
+        series[0].1.push(t.prefill_tok_s(g.prompt_tokens));
+        series[1].1.push(t.decode_tok_s(g.tokens.len()));
+        series[2].1.push(t.prefill_ms);
+        series[3].1.push(t.total_ms);
+    }
+    let mut out = Map::new();
+    for (key, values) in series.iter_mut() {
+        put(&mut out, key, stats(values));
+    }
+    Ok(out)
+}
+
+/// The correction workload, drafted and plain, into `out`; returns the most positions a
+/// correction held (for the KV cache size).
+fn add_corrections(
+    aligner: &mut aligner::Aligner,
+    args: &BenchArgs,
+    out: &mut Map<String, Value>,
+) -> Result<usize> {
+    let items = corrections::load_workload(args.workload.as_deref())?;
+    let mut report = corrections::run(
+        aligner,
+        &items,
+        args.correction_tokens,
+        args.warmup,
+        args.correction_runs.max(1),
+    )?;
+    put(out, "correction_ms", stats(&mut report.draft_total_ms));
+    put(
+        out,
+        "correction_plain_ms",
+        stats(&mut report.plain_total_ms),
+    );
+    let (heavy_ratio, heavy_pairs) =
+        corrections::ratio_at_least(&report.items, corrections::COPY_HEAVY)
+            .map_or((Value::Null, 0), |(r, n)| (json!(r), n));
+    out.insert("copy_heavy_draft_over_plain".into(), heavy_ratio);
+    out.insert("copy_heavy_pairs".into(), json!(heavy_pairs));
+    out.insert(
+        "drafts_lossless".into(),
+        json!(report.items.iter().all(|i| i.identical)),
+    );
+    let longest = report
+        .items
+        .iter()
+        .map(|i| i.prompt_tokens + args.correction_tokens)
+        .max()
+        .unwrap_or(0);
+    out.insert("workload".into(), serde_json::to_value(&report.items)?);
+    Ok(longest)
+}
+
+/// Median, min and max of each figure.
+fn print_table(out: &Map<String, Value>) {
+    println!(
+        "{:<20} {:>10} {:>10} {:>10}",
+        "metric", "median", "min", "max"
+    );
+    for key in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "ttft_ms",
+        "generation_ms",
+        "correction_ms",
+        "correction_plain_ms",
+        "peak_rss_mb",
+        "session_start_ms",
+    ] {
+        if !out.contains_key(key) {
+            continue;
+        }
+        println!(
+            "{key:<20} {:>10.1} {:>10.1} {:>10.1}",
+            out[key].as_f64().unwrap_or(0.0),
+            out[&format!("{key}_min")].as_f64().unwrap_or(0.0),
+            out[&format!("{key}_max")].as_f64().unwrap_or(0.0)
+        );
+    }
 }
 
 /// The lines under the table: memory against its bound, and each workload pair.

@@ -8,10 +8,14 @@
 mod api;
 mod listen;
 mod metrics;
+mod middleware;
 mod pool;
 mod routes;
 mod upstream;
 mod wire;
+
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -129,38 +133,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         provider: provider.clone(),
         workers: args.workers,
         upstream,
-        api_key: args.api_key.as_deref().map(routes::key_digest),
+        api_key: args.api_key.as_deref().map(middleware::key_digest),
         next_id: AtomicU64::new(1),
         in_flight: Arc::clone(&in_flight),
         max_body_bytes: args.max_body_bytes,
         body_timeout: Duration::from_secs_f64(args.body_timeout),
     });
-    let app = Router::new()
-        .route("/v1/correct", post(routes::correct))
-        .route("/v1/chat/completions", post(routes::chat))
-        .route("/v1/models", get(routes::models))
-        .route("/health", get(routes::health))
-        .route("/metrics", get(routes::metrics))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            routes::read_body,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            routes::require_key,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            routes::record,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            routes::track,
-        ))
-        .layer(DefaultBodyLimit::max(args.max_body_bytes))
-        .with_state(state);
+    let app = router(state, args.max_body_bytes);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -191,6 +170,37 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
     pool.shutdown();
     result
+}
+
+/// The routes and their middleware over `state`. Separate from [`run`] so that the HTTP
+/// behaviour is tested over a pool of scripted workers (see `tests.rs`).
+fn router(state: Arc<routes::AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/correct", post(routes::correct))
+        .route("/v1/chat/completions", post(routes::chat))
+        .route("/v1/models", get(routes::models))
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            middleware::read_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            middleware::require_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            middleware::record,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            middleware::track,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
 }
 
 /// Binds the first of `addrs` that works (a name may resolve to IPv6 and IPv4 both).

@@ -201,8 +201,8 @@ impl Pool {
             };
             let outcome = if events.is_closed() {
                 cancelled = true;
-                Ok(Err(aligner::Error::InvalidRequest(
-                    "client disconnected".into(),
+                Ok(Err(aligner::Error::Cancelled(
+                    "the client disconnected before its turn".into(),
                 )))
             } else {
                 catch_unwind(AssertUnwindSafe(|| worker.correct(&job, &mut on_text)))
@@ -351,7 +351,7 @@ mod tests {
                 // The loop probes with empty pieces while it runs the prompt.
                 for _ in 0..100 {
                     if !on_text("") {
-                        return Err(aligner::Error::InvalidRequest("cancelled".into()));
+                        return Err(aligner::Error::Cancelled("probe said stop".into()));
                     }
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }

@@ -4,19 +4,16 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use aligner::{Generation, GenerationConfig, Template};
@@ -46,10 +43,6 @@ pub struct AppState {
     pub in_flight: Arc<InFlight>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
-}
-
-pub fn key_digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
 }
 
 type Shared = State<Arc<AppState>>;
@@ -157,8 +150,23 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
-    let raw: Value = api::parse_body(&body)?;
+/// A chat request resolved: the question, the answer to correct (the upstream's, or the
+/// last assistant message), and the options of the correction.
+struct ChatTurn {
+    question: String,
+    original: String,
+    options: GenerationOptions,
+    stream: bool,
+    model: Option<String>,
+    upstream_usage: Value,
+    upstream_model: Option<String>,
+}
+
+/// Parses a chat request and, with `--upstream`, asks the upstream for the answer. With an
+/// upstream, the request's own options are for the upstream; the correction uses the server's
+/// defaults, overridable through an `aligner` object. Without one, they are ours.
+async fn chat_turn(s: &AppState, body: &[u8]) -> Result<ChatTurn, ApiError> {
+    let raw: Value = api::parse_body(body)?;
     let req: ChatRequest = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
     req.check_supported()?;
@@ -172,31 +180,53 @@ pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
         })?
         .text()?;
     let stream = req.options.stream;
-    // With an upstream, the request's own options are for the upstream; the correction uses the
-    // server's defaults, overridable through an `aligner` object. Without one, they are ours.
-    let (options, original, upstream_usage, upstream_model) = match &s.upstream {
+    let mut turn = ChatTurn {
+        question,
+        original: String::new(),
+        options: GenerationOptions::default(),
+        stream,
+        model: req.model.clone(),
+        upstream_usage: Value::Null,
+        upstream_model: None,
+    };
+    match &s.upstream {
         Some(upstream) => {
-            let mut forward = raw.clone();
+            let mut forward = raw;
             let ours = forward
                 .as_object_mut()
                 .and_then(|o| o.remove("aligner"))
                 .unwrap_or(Value::Null);
-            let options: GenerationOptions = if ours.is_null() {
-                GenerationOptions::default()
-            } else {
-                serde_json::from_value(ours)
-                    .map_err(|e| ApiError::bad_request(format!("invalid 'aligner' options: {e}")))?
-            };
+            if !ours.is_null() {
+                turn.options = serde_json::from_value(ours).map_err(|e| {
+                    ApiError::bad_request(format!("invalid 'aligner' options: {e}"))
+                })?;
+            }
             let answer = upstream.answer(forward, stream).await?;
-            (options, answer.text, answer.usage, answer.model)
+            turn.original = answer.text;
+            turn.upstream_usage = answer.usage;
+            turn.upstream_model = answer.model;
         }
         None => {
             let last = req.messages.last().filter(|m| m.role == "assistant").ok_or_else(|| {
                 ApiError::bad_request("without --upstream the last message must be the assistant answer to correct")
             })?;
-            (req.options, last.text()?, Value::Null, None)
+            turn.original = last.text()?;
+            turn.options = req.options;
         }
-    };
+    }
+    Ok(turn)
+}
+
+pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let ChatTurn {
+        question,
+        original,
+        options,
+        stream,
+        model,
+        upstream_usage,
+        upstream_model,
+    } = chat_turn(&s, &body).await?;
     let (config, template) = options.apply(s.defaults.clone())?;
     let rx = s.submit(question, original.clone(), template, config)?;
     let head = ChatHead {
@@ -206,7 +236,7 @@ pub async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
         ),
         object: "chat.completion",
         created: now(),
-        model: req.model.clone().unwrap_or_else(|| s.model_name.clone()),
+        model: model.unwrap_or_else(|| s.model_name.clone()),
     };
     let extension = move |g: &Generation| AlignerExtension {
         original_answer: original.clone(),
@@ -340,101 +370,6 @@ pub async fn metrics(State(s): Shared) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
-/// (RFC 7235).
-pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Requires `Authorization: Bearer <key>` on `/v1/*` when the server has a key.
-pub async fn require_key(State(s): Shared, request: Request, next: Next) -> Response {
-    if let Some(key) = &s.api_key {
-        if request.uri().path().starts_with("/v1/") {
-            let given = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token)
-                .map(key_digest);
-            let matches = given.is_some_and(|g| bool::from(g.ct_eq(key)));
-            if !matches {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    "missing or wrong API key; send Authorization: Bearer <key>",
-                )
-                .into_response();
-            }
-        }
-    }
-    next.run(request).await
-}
-
-/// Reads the whole body within `--body-timeout` and `--max-body-bytes` before any handler
-/// runs, answering 408 and 413 in OpenAI's error shape.
-pub async fn read_body(State(s): Shared, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
-        return closing(too_large(s.max_body_bytes));
-    }
-    let read =
-        tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, s.max_body_bytes)).await;
-    let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
-            return closing(if over {
-                too_large(s.max_body_bytes)
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
-            });
-        }
-        Err(_) => {
-            return closing(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request_error",
-                format!(
-                    "the request body did not arrive within {} s; send it at once, or raise --body-timeout",
-                    s.body_timeout.as_secs_f64()
-                ),
-            ))
-        }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
-}
-
-/// An error answered before the body was read whole: the connection cannot carry another
-/// request, and the client must be told so instead of reusing it.
-fn closing(e: ApiError) -> Response {
-    let mut response = e.into_response();
-    response.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    response
-}
-
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "invalid_request_error",
-        format!(
-            "the request body is larger than {limit} bytes; send less, or raise --max-body-bytes"
-        ),
-    )
-}
-
 pub async fn not_found(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -456,60 +391,4 @@ pub async fn method_not_allowed(request: Request) -> ApiError {
             request.uri().path()
         ),
     )
-}
-
-/// Counts the request as in flight until its response has been sent, streamed bodies included,
-/// so that shutdown waits for it and for nothing else.
-pub async fn track(State(s): Shared, request: Request, next: Next) -> Response {
-    let guard = s.in_flight.enter();
-    let response = next.run(request).await;
-    let streamed = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if !streamed {
-        return response;
-    }
-    response.map(|body| {
-        Body::from_stream(body.into_data_stream().map(move |chunk| {
-            let _held = &guard;
-            chunk
-        }))
-    })
-}
-
-/// Counts every request by endpoint and status, with its latency (to the response head).
-pub async fn record(State(s): Shared, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
-    let endpoint = match path.as_str() {
-        "/v1/correct" | "/v1/chat/completions" | "/v1/models" | "/health" | "/metrics" => path,
-        _ => "other".to_string(),
-    };
-    let start = Instant::now();
-    let response = next.run(request).await;
-    s.metrics.record(
-        &endpoint,
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_keys_compare_by_digest() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("  BEARER   abc  "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer "), None);
-        assert_eq!(bearer_token("abc"), None);
-        let key = key_digest("abc");
-        assert!(bool::from(key_digest("abc").ct_eq(&key)));
-        assert!(!bool::from(key_digest("abd").ct_eq(&key)));
-        assert!(!bool::from(key_digest("abcd").ct_eq(&key)));
-    }
 }

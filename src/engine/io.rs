@@ -1,0 +1,143 @@
+//! The graph's inputs and outputs, checked against genai_config.json: which input plays
+//! which role, the KV cache's dtype, and the present outputs. A mismatch is a load error that
+//! names the input or output and says to re-export.
+
+use std::path::Path;
+
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+
+use crate::error::{Error, Result};
+use crate::folder::ModelFolder;
+
+/// What each session input is, in session order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum InputRole {
+    InputIds,
+    AttentionMask(TensorElementType),
+    PositionIds(TensorElementType),
+    /// Optional input of our exporter's graphs: logits for only the last k positions.
+    LogitsToKeep,
+    Past(usize),
+}
+
+pub(super) fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
+    match vt {
+        ValueType::Tensor { ty, .. } => Some(*ty),
+        _ => None,
+    }
+}
+
+fn layer_name(pattern: &str, i: usize) -> String {
+    pattern.replace("%d", &i.to_string())
+}
+
+/// The role of every session input, and the KV cache's dtype (fp32 or fp16).
+pub(super) fn input_roles(
+    session: &Session,
+    folder: &ModelFolder,
+    path: &Path,
+) -> Result<(Vec<InputRole>, TensorElementType)> {
+    let d = &folder.genai.model.decoder;
+    let names = &d.inputs;
+
+    let mut past_slots = std::collections::HashMap::new();
+    for i in 0..d.num_hidden_layers {
+        past_slots.insert(layer_name(&names.past_key_names, i), 2 * i);
+        past_slots.insert(layer_name(&names.past_value_names, i), 2 * i + 1);
+    }
+    let mut roles = Vec::new();
+    let mut kv_dtype = None;
+    for input in session.inputs() {
+        let name = input.name();
+        let ty = tensor_type(input.dtype());
+        let role = if name == names.input_ids {
+            InputRole::InputIds
+        } else if Some(name) == names.attention_mask.as_deref() || name == "attention_mask" {
+            InputRole::AttentionMask(ty.unwrap_or(TensorElementType::Int64))
+        } else if Some(name) == names.position_ids.as_deref() || name == "position_ids" {
+            InputRole::PositionIds(ty.unwrap_or(TensorElementType::Int64))
+        } else if name == "logits_to_keep" {
+            InputRole::LogitsToKeep
+        } else if let Some(&slot) = past_slots.get(name) {
+            kv_dtype = ty;
+            InputRole::Past(slot)
+        } else {
+            return Err(Error::load(
+                path,
+                format!("model input '{name}' is not described by genai_config.json; re-export the folder"),
+            ));
+        };
+        roles.push(role);
+    }
+    let n_past = roles
+        .iter()
+        .filter(|r| matches!(r, InputRole::Past(_)))
+        .count();
+    if n_past != 2 * d.num_hidden_layers || !roles.contains(&InputRole::InputIds) {
+        return Err(Error::load(
+            path,
+            format!(
+                "model has {n_past} past key/value inputs, genai_config.json expects {}; re-export the folder",
+                2 * d.num_hidden_layers
+            ),
+        ));
+    }
+    let kv_dtype = match kv_dtype {
+        Some(t @ (TensorElementType::Float32 | TensorElementType::Float16)) => t,
+        other => {
+            return Err(Error::load(
+                path,
+                format!("KV cache dtype {other:?} is not supported (fp32 or fp16 only)"),
+            ))
+        }
+    };
+    Ok((roles, kv_dtype))
+}
+
+/// The present (cache output) names, key then value per layer, after checking that the graph
+/// has them and that its logits are as wide as the manifest's vocabulary.
+pub(super) fn present_names(
+    session: &Session,
+    folder: &ModelFolder,
+    path: &Path,
+) -> Result<Vec<String>> {
+    let d = &folder.genai.model.decoder;
+    let outputs = &d.outputs;
+    let mut present_names = Vec::with_capacity(2 * d.num_hidden_layers);
+    for i in 0..d.num_hidden_layers {
+        present_names.push(layer_name(&outputs.present_key_names, i));
+        present_names.push(layer_name(&outputs.present_value_names, i));
+    }
+    let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    // The manifest's vocabulary sizes every logits buffer: it must be the graph's.
+    let graph_vocab = session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == outputs.logits)
+        .and_then(|o| match o.dtype() {
+            ValueType::Tensor { shape, .. } => shape.last().copied(),
+            _ => None,
+        })
+        .filter(|&v| v > 0);
+    if let Some(v) = graph_vocab.filter(|&v| v as usize != folder.genai.model.vocab_size) {
+        return Err(Error::load(
+            path,
+            format!(
+                "genai_config.json says vocab_size {} but the graph's logits have {v} columns; re-export the folder",
+                folder.genai.model.vocab_size
+            ),
+        ));
+    }
+    for name in present_names.iter().chain(std::iter::once(&outputs.logits)) {
+        if !output_names.contains(&name.as_str()) {
+            return Err(Error::load(
+                path,
+                format!(
+                    "model has no output '{name}' named in genai_config.json; re-export the folder"
+                ),
+            ));
+        }
+    }
+    Ok(present_names)
+}

@@ -1,0 +1,86 @@
+//! The library as an embedder uses it: no binary, real ONNX Runtime, the tiny model.
+
+mod common;
+
+use aligner::{Aligner, Error, LoadOptions, ProviderChoice, ProviderConfig};
+use common::*;
+
+fn ort_lib() -> std::path::PathBuf {
+    let p =
+        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    assert!(p.is_file(), "{} missing: run `make test`", p.display());
+    p
+}
+
+fn options() -> LoadOptions {
+    LoadOptions::default()
+        .with_ort_lib(ort_lib())
+        .with_threads(1)
+}
+
+fn tiny_int8() -> std::path::PathBuf {
+    let p = root().join("models/tiny-llama-int8");
+    assert!(p.join("model.onnx").is_file(), "run `make test`");
+    p
+}
+
+/// Each session's node placement comes from its own build: two models loaded at the same
+/// time on two threads both report every node (a process-wide log once let one load drain
+/// the other's lines).
+#[test]
+fn models_loaded_at_once_each_report_their_own_placement() {
+    let lone = Aligner::load(tiny_int8(), &options()).unwrap();
+    let nodes = |a: &Aligner| {
+        a.provider()
+            .placements
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    let expected = nodes(&lone);
+    assert!(expected > 0, "{:?}", lone.provider());
+    for _ in 0..3 {
+        let barrier = std::sync::Barrier::new(2);
+        let counts: Vec<usize> = std::thread::scope(|s| {
+            let loads: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        nodes(&Aligner::load(tiny_int8(), &options()).unwrap())
+                    })
+                })
+                .collect();
+            loads.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(counts, vec![expected, expected]);
+    }
+}
+
+#[test]
+fn runtime_info_names_the_library_and_provider() {
+    let a = Aligner::load(tiny_int8(), &options()).unwrap();
+    let info = a.runtime_info();
+    assert_eq!(info.version, "1.31.1");
+    assert_eq!(info.path, ort_lib());
+    assert_eq!(info.provider, "cpu");
+}
+
+/// ONNX Runtime failures carry the phase that failed: a graph that cannot be built is a
+/// load error, a provider that cannot register a provider error.
+#[test]
+fn ort_failures_are_labelled_by_phase() {
+    let broken = broken_copy(|d| {
+        let onnx = d.join("model.onnx");
+        let bytes = std::fs::read(&onnx).unwrap();
+        std::fs::write(&onnx, &bytes[..bytes.len() / 3]).unwrap();
+    });
+    match Aligner::load(broken.path(), &options()) {
+        Err(Error::Load { reason, .. }) => assert!(reason.contains("re-export"), "{reason}"),
+        other => panic!("expected a load error, got {:?}", other.err()),
+    }
+    let cuda = ProviderConfig::default().with_choice(ProviderChoice::Cuda);
+    match Aligner::load(tiny_int8(), &options().with_provider(cuda)) {
+        Err(Error::Provider { provider, .. }) => assert_eq!(provider, "cuda"),
+        other => panic!("expected a provider error, got {:?}", other.err()),
+    }
+}
