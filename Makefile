@@ -19,7 +19,7 @@ EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
 # The runtime finds ONNX Runtime in the active Python environment: ours.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: demo test model model-zeroshot build venv fixtures-models clean lint bench bench-venv gpu-pack soak data eval \
+.PHONY: packages header dist demo test model model-zeroshot build venv fixtures-models clean lint bench bench-venv gpu-pack soak data eval \
 	train-venv test-train bootstrap
 
 $(VENV)/.stamp: requirements.txt
@@ -60,8 +60,36 @@ models/tiny-llama-%/model.onnx: $(TINY_GGUF) $(wildcard export/aligner_export/*.
 
 fixtures-models: models/tiny-llama-fp32/model.onnx models/tiny-llama-int8/model.onnx
 
-build:
+# The binary and libaligner.so, with ONNX Runtime copied next to them (the runtime looks there
+# first after ORT_DYLIB_PATH), so `target/release/aligner` runs from any shell with no
+# environment set.
+ORT_LIB := $(VENV)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1
+
+build: $(VENV)/.stamp
 	cargo build --release --locked
+	cp -p $(ORT_LIB) target/release/
+
+# The Python tools as installed packages (editable): `.venv/bin/aligner-export`,
+# `.venv/bin/aligner-train`, and `python -m aligner_export` without PYTHONPATH.
+$(VENV)/.pkg-stamp: export/pyproject.toml train/pyproject.toml $(VENV)/.train-stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e export -e train
+	touch $@
+
+packages: $(VENV)/.pkg-stamp
+
+# include/aligner.h from src/ffi.rs (cbindgen, pinned, built into .tools/).
+CBINDGEN := .tools/bin/cbindgen
+$(CBINDGEN):
+	cargo install cbindgen --version 0.29.2 --locked --root .tools
+
+# A relocatable release bundle (see scripts/make-dist.sh); scripts/dist_check.py unpacks it
+# into a temporary folder and runs it there under `env -i`.
+dist: model build
+	scripts/make-dist.sh $(DEFAULT_MODEL) $(ORT_LIB)
+	$(PY) scripts/dist_check.py dist/aligner-*-linux-x86_64.tar.gz
+
+header: $(CBINDGEN)
+	$(CBINDGEN) --quiet --config cbindgen.toml --crate aligner --output include/aligner.h
 
 demo: model build
 	@echo '--- aligner correct (default model: SmolLM2-135M-Instruct + the trained Aligner adapter, int8) ---'
@@ -70,7 +98,7 @@ demo: model build
 	  --answer "Water boils at 50 degrees Celsius at sea level." \
 	  --max-new-tokens 96
 
-test: model model-zeroshot fixtures-models build $(VENV)/.train-stamp
+test: model model-zeroshot fixtures-models build $(VENV)/.train-stamp $(VENV)/.pkg-stamp dist
 	cargo test --release --locked
 	$(PY) -m pytest -q export/tests tests/python train/tests
 
@@ -119,10 +147,12 @@ SOAK_SECS ?= 600
 soak: model-zeroshot build
 	ALIGNER_SOAK_SECS=$(SOAK_SECS) cargo test --release --locked --test soak -- --nocapture
 
-lint: $(VENV)/.stamp
+lint: $(VENV)/.stamp $(CBINDGEN)
 	cargo fmt --all -- --check
+	$(CBINDGEN) --quiet --config cbindgen.toml --crate aligner | diff -u include/aligner.h - \
+	  || { echo "include/aligner.h is stale: run make header"; exit 1; }
 	cargo clippy --release --all-targets -- -D warnings
-	$(VENV)/bin/ruff check export train tests/python scripts benches
+	$(VENV)/bin/ruff check export train tests/python scripts benches examples
 	$(PY) scripts/module_graph.py
 
 # Parts for scripts/gpu-check.sh on a GPU machine (downloads the onnxruntime-gpu wheel).

@@ -18,7 +18,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 SHARED = {"args", "workers", "report", "errors"}
 USE = re.compile(r"\b(crate|super|self|aligner)((?:::[A-Za-z_][A-Za-z0-9_]*)+|::\{)")
-GROUP = re.compile(r"\buse\s+(crate|super|self)::\{([^;]*)\};", re.S)
+GROUP = re.compile(r"\buse\s+(crate|super|self)::\{([^;]*)\};", re.DOTALL)
 
 
 def module_of(path: Path, crate_root: Path) -> tuple[str, ...]:
@@ -70,8 +70,6 @@ def edges(crate: str) -> dict[tuple, set[tuple]]:
     mods = set(table) | {()}
     graph: dict[tuple, set[tuple]] = {m: set() for m in table}
     for here, path in table.items():
-        # A mod.rs is its directory's module; `super` from it is the directory's parent.
-        scope = here if path.name == "mod.rs" else here
         body = code(path)
         paths = [(m.group(1), m.group(2).strip(":").split("::")) for m in USE.finditer(body)]
         for m in GROUP.finditer(body):
@@ -83,7 +81,7 @@ def edges(crate: str) -> dict[tuple, set[tuple]]:
             if head == "aligner":
                 continue  # the library: another crate, its own graph
             tail = [t for t in tail if t and t != "{"]
-            target = resolve(mods, scope if path.name == "mod.rs" else here, head, tail)
+            target = resolve(mods, here, head, tail)
             if target is not None and target != here:
                 graph[here].add(target)
         # Children used by name from a mod.rs (`routes::correct`).

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 /// runs before any generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct GenerationConfig {
     pub max_new_tokens: usize,
     /// 0 means greedy.
@@ -64,6 +65,7 @@ impl Default for GenerationConfig {
 /// flag group, so the flags and the request fields cannot drift apart.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
+#[non_exhaustive]
 pub struct SamplingOverrides {
     #[serde(alias = "max_tokens", alias = "max_completion_tokens")]
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]

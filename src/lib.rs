@@ -21,10 +21,12 @@
 //! # Ok::<(), aligner::Error>(())
 //! ```
 
+pub mod cancel;
 pub mod config;
 pub mod draft;
 pub(crate) mod engine;
 pub mod error;
+pub mod ffi;
 pub mod folder;
 pub mod generate;
 pub mod kv_cache;
@@ -43,6 +45,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+pub use cancel::CancelHandle;
 pub use config::{GenerationConfig, SamplingOverrides};
 pub use engine::EngineConfig;
 pub use error::{Error, Result};
@@ -58,8 +61,9 @@ use generate::Generator;
 use runtime::OrtRuntime;
 use tokenizer::Tokenizer;
 
-/// Where and how to load a model.
+/// Where and how to load a model. Build with `Default` and the `with_*` setters.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LoadOptions {
     pub ort_lib: Option<PathBuf>,
     pub template: Option<String>,
@@ -105,6 +109,7 @@ pub struct Aligner {
     engine: OnnxDecoder,
     template: Option<Template>,
     eos_ids: Vec<u32>,
+    cancel: CancelHandle,
 }
 
 impl Aligner {
@@ -141,6 +146,7 @@ impl Aligner {
             engine,
             template,
             eos_ids,
+            cancel: CancelHandle::new(),
         })
     }
 
@@ -189,6 +195,12 @@ impl Aligner {
         &self.tokenizer
     }
 
+    /// A handle that stops this model's generation in progress from another thread (see
+    /// [`CancelHandle`]); every clone controls the same model.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
     /// The template in force, or an error telling the user to pass `--template`.
     pub fn template(&self) -> Result<Template> {
         match self.template {
@@ -227,13 +239,16 @@ impl Aligner {
         let template = self.template()?;
         let config = with_template_stops(template, config);
         let ids = self.encode_prompt(&template.chat(system, question))?;
-        Generator::new(&mut self.engine).generate(
-            &self.tokenizer,
-            &ids,
-            &config,
-            &self.eos_ids,
-            on_text,
-        )
+        let Aligner {
+            engine,
+            tokenizer,
+            eos_ids,
+            cancel,
+            ..
+        } = self;
+        cancel.watch(on_text, |on_text| {
+            Generator::new(engine).generate(tokenizer, &ids, &config, eos_ids, on_text)
+        })
     }
 
     /// [`Aligner::correct`] with a template chosen per call (a server request may name one).
@@ -248,14 +263,23 @@ impl Aligner {
         let config = with_template_stops(template, config);
         // The correction mostly copies the answer: its tokens are the speculative drafts.
         let (ids, answer_ids) = self.correction_ids(template, question, answer)?;
-        Generator::new(&mut self.engine).generate_with_copy_drafts(
-            &self.tokenizer,
-            &ids,
-            &answer_ids,
-            &config,
-            &self.eos_ids,
-            on_text,
-        )
+        let Aligner {
+            engine,
+            tokenizer,
+            eos_ids,
+            cancel,
+            ..
+        } = self;
+        cancel.watch(on_text, |on_text| {
+            Generator::new(engine).generate_with_copy_drafts(
+                tokenizer,
+                &ids,
+                &answer_ids,
+                &config,
+                eos_ids,
+                on_text,
+            )
+        })
     }
 
     /// The token ids of a correction prompt, and of the answer alone (the copy-draft source),
@@ -319,13 +343,16 @@ impl Aligner {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         self.check_ids(prompt)?;
-        Generator::new(&mut self.engine).generate(
-            &self.tokenizer,
-            prompt,
-            config,
-            &self.eos_ids,
-            on_text,
-        )
+        let Aligner {
+            engine,
+            tokenizer,
+            eos_ids,
+            cancel,
+            ..
+        } = self;
+        cancel.watch(on_text, |on_text| {
+            Generator::new(engine).generate(tokenizer, prompt, config, eos_ids, on_text)
+        })
     }
 }
 

@@ -35,11 +35,26 @@ pub(crate) fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
         out.push(PathBuf::from(p));
         return out;
     }
+    // Next to this code (libaligner.so embedded in an app, or the binary) and in `../lib` from
+    // it: where a release bundle keeps the library, wherever the bundle is unpacked.
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = own_object_dir() {
+        dirs.push(dir);
+    }
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
-        out.extend(libs_in(&dir));
+        dirs.push(dir);
+    }
+    for dir in dirs {
+        for d in [dir.clone(), dir.join("../lib")] {
+            for lib in libs_in(&d) {
+                if !out.contains(&lib) {
+                    out.push(lib);
+                }
+            }
+        }
     }
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
         if let Some(prefix) = std::env::var_os(var).filter(|p| !p.is_empty()) {
@@ -48,6 +63,26 @@ pub(crate) fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     }
     out.push(PathBuf::from(LIB_NAME));
     out
+}
+
+/// The folder of the shared object holding this code: `libaligner.so` when an app loaded it,
+/// the executable when the code is linked in.
+fn own_object_dir() -> Option<PathBuf> {
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address and fills `info`; any function of ours will do.
+    let found = unsafe { libc::dladdr(own_object_dir as *const libc::c_void, &mut info) };
+    if found == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr sets dli_fname to a NUL-terminated path owned by the loader.
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let path = PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()),
+    );
+    std::fs::canonicalize(path)
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
 }
 
 fn libs_in(dir: &Path) -> Vec<PathBuf> {

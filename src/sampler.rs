@@ -15,6 +15,7 @@ pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-4;
 /// candle's `LogitsProcessor` takes a seed, a temperature and a method). Build one from a
 /// [`GenerationConfig`](crate::GenerationConfig) with its `sampling()`.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct SamplingParams {
     /// 0 (or below [`GREEDY_BELOW_TEMPERATURE`]) is greedy.
     pub temperature: f32,

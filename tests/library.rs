@@ -84,3 +84,46 @@ fn ort_failures_are_labelled_by_phase() {
         other => panic!("expected a provider error, got {:?}", other.err()),
     }
 }
+
+/// A `CancelHandle` used from another thread stops the generation in progress; a request made
+/// while idle stops the next one at once, and is then cleared.
+#[test]
+fn a_cancel_handle_stops_a_generation_from_another_thread() {
+    let mut a = Aligner::load(tiny_int8(), &options()).unwrap();
+    let config = aligner::GenerationConfig::default()
+        .with_max_new_tokens(200)
+        .with_suppress_eos(true);
+    let handle = a.cancel_handle();
+    let probe = a.cancel_handle();
+    let (started, wait) = std::sync::mpsc::channel();
+    let canceller = std::thread::spawn(move || {
+        wait.recv().unwrap();
+        handle.cancel();
+    });
+    let mut pieces = 0;
+    let g = a
+        .generate_ids(&[1, 2, 3], &config, &mut |piece| {
+            if !piece.is_empty() {
+                pieces += 1;
+                if pieces == 1 {
+                    started.send(()).unwrap();
+                    // Wait for the other thread's cancel to land before the next token.
+                    while !probe.is_cancelled() {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+            true
+        })
+        .unwrap();
+    canceller.join().unwrap();
+    assert_eq!(g.finish_reason, aligner::FinishReason::Cancelled);
+    assert!(g.tokens.len() < 200, "{}", g.tokens.len());
+
+    a.cancel_handle().cancel();
+    let g = a.generate_ids(&[1, 2, 3], &config, &mut |_| true).unwrap();
+    assert_eq!(g.finish_reason, aligner::FinishReason::Cancelled);
+    let g = a.generate_ids(&[1, 2, 3], &config, &mut |_| true).unwrap();
+    assert_eq!(g.finish_reason, aligner::FinishReason::Length);
+    assert_eq!(g.tokens.len(), 200);
+}

@@ -82,11 +82,15 @@ impl ModelArgs {
             return Ok(PathBuf::from(dir));
         }
         let mut roots = vec![std::env::current_dir()?];
+        let mut bundled = None;
         if let Ok(exe) = std::env::current_exe() {
             roots.extend(exe.ancestors().skip(1).map(PathBuf::from));
+            // A release bundle: bin/aligner next to share/aligner/models/.
+            bundled = exe.parent().map(|bin| bin.join("../share/aligner"));
         }
         roots
             .iter()
+            .chain(bundled.iter())
             .map(|r| r.join("models").join(DEFAULT_MODEL_NAME))
             .find(|p| p.is_dir())
             .ok_or_else(|| {

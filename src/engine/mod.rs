@@ -38,6 +38,7 @@ const KV_KEEP_POSITIONS: usize = 1024;
 
 /// Session settings. `Default` runs on the CPU and leaves the thread count to ONNX Runtime.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// Intra-op threads; `None` lets ONNX Runtime decide.
     pub threads: Option<usize>,

@@ -96,6 +96,7 @@ pub enum ArenaExtend {
 
 /// Provider selection and options. `Default` is the CPU with no fallback questions to ask.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProviderConfig {
     pub choice: ProviderChoice,
     /// Run on the CPU (and say so) when an explicitly requested GPU provider cannot register.

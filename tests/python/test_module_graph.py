@@ -34,7 +34,7 @@ def problems(monkeypatch, src: Path, capsys) -> tuple[int, str]:
 
 
 def test_the_real_tree_passes():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/module_graph.py")], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/module_graph.py")], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
 
 
