@@ -77,7 +77,7 @@ $(VENV)/.pkg-stamp: export/pyproject.toml train/pyproject.toml $(VENV)/.train-st
 
 packages: $(VENV)/.pkg-stamp
 
-# include/aligner.h from src/ffi.rs (cbindgen, pinned, built into .tools/).
+# include/aligner.h from src/ffi/ (cbindgen, pinned, built into .tools/).
 CBINDGEN := .tools/bin/cbindgen
 $(CBINDGEN):
 	cargo install cbindgen --version 0.29.2 --locked --root .tools
