@@ -159,19 +159,32 @@ lint: $(VENV)/.stamp $(CBINDGEN)
 gpu-pack: model-zeroshot build
 	scripts/gpu-pack.sh
 
-# llama.cpp for the comparison, compiled from llama-cpp-python's source distribution (no CUDA,
-# tuned for this CPU); a separate venv so `make test` never needs a C++ build.
+# llama.cpp for the comparison, compiled from llama-cpp-python's source distribution (no CUDA);
+# a separate venv so `make test` never needs a C++ build. The flags come from
+# scripts/llama-cmake-flags.sh: every x86 extension this CPU reports, AMX only when a probe can
+# use it, never -march=native (it once built a binary that died with SIGILL). A machine with
+# other flags rebuilds it; the flags used are kept in $(BENCH_VENV)/llama-flags.
 BENCH_VENV := .venv-bench
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+LLAMA_CPU_FLAGS := $(shell scripts/llama-cmake-flags.sh)
+LLAMA_CMAKE_ARGS := $(LLAMA_CPU_FLAGS) -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-$(BENCH_VENV)/.stamp: benches/requirements.txt
+$(BENCH_VENV)/.stamp: benches/requirements.txt $(BENCH_VENV)/llama-flags.want
 	python3 -m venv $(BENCH_VENV)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-binary llama-cpp-python -r benches/requirements.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps --no-binary llama-cpp-python -r benches/requirements.txt
+	cp $(BENCH_VENV)/llama-flags.want $(BENCH_VENV)/llama-flags
 	touch $@
+
+# Rewritten only when the probed flags change, so that only then llama.cpp is rebuilt.
+$(BENCH_VENV)/llama-flags.want: FORCE
+	@mkdir -p $(BENCH_VENV)
+	@echo "$(LLAMA_CPU_FLAGS)" | cmp -s - $@ || echo "$(LLAMA_CPU_FLAGS)" > $@
+
+FORCE:
 
 bench-venv: $(BENCH_VENV)/.stamp
 
 bench: model-zeroshot build bench-venv
+	@echo "llama.cpp built with: $$(cat $(BENCH_VENV)/llama-flags)"
 	$(PY) benches/compare.py --model $(ZEROSHOT_MODEL)
 
 clean:

@@ -35,6 +35,10 @@ pub struct GenerationConfig {
     /// Longest prompt accepted, in tokens (`None`: whatever the context holds). A server sets
     /// it so that one request cannot hold a worker for a very long prompt pass.
     pub max_prompt_tokens: Option<usize>,
+    /// Start from the KV cache of the previous generation's prompt where this prompt begins
+    /// with the same tokens (the template's fixed prefix, a repeated system prompt or
+    /// question), instead of running those tokens again.
+    pub reuse_prefix: bool,
 }
 
 use crate::sampler::SamplingParams;
@@ -56,6 +60,7 @@ impl Default for GenerationConfig {
             copy_drafts: true,
             max_draft_tokens: 16,
             max_prompt_tokens: None,
+            reuse_prefix: true,
         }
     }
 }
@@ -162,6 +167,10 @@ impl GenerationConfig {
     }
     pub fn with_max_draft_tokens(mut self, n: usize) -> Self {
         self.max_draft_tokens = n;
+        self
+    }
+    pub fn with_reuse_prefix(mut self, on: bool) -> Self {
+        self.reuse_prefix = on;
         self
     }
     pub fn with_max_prompt_tokens(mut self, n: usize) -> Self {

@@ -23,6 +23,13 @@ pub const PREFILL_CHUNK: usize = 512;
 pub struct Generator<'m, M: DecoderModel> {
     pub(crate) model: &'m mut M,
     pub(crate) cursor: KvCursor,
+    /// The tokens whose KV the model's cache holds, from position 0: what the previous
+    /// generation left ([`resume`](Self::resume)), then what this one leaves.
+    cached: Vec<u32>,
+    /// Prompt tokens of the current sequence taken from `cached` instead of run again.
+    reused: usize,
+    /// Whether to reuse at all: only a generator made with [`resume`](Self::resume) does.
+    reuse: bool,
 }
 
 /// A sequence after its prompt pass: the first token is chosen, not yet accepted.
@@ -42,12 +49,48 @@ pub(crate) enum Start<'e, 'c> {
 }
 
 impl<'m, M: DecoderModel> Generator<'m, M> {
+    /// A generator that runs every prompt from its first token.
     pub fn new(model: &'m mut M) -> Self {
+        Generator {
+            reuse: false,
+            ..Self::resume(model, Vec::new())
+        }
+    }
+
+    /// A generator over a model whose cache holds the KV of `cached` (what
+    /// [`into_cached`](Self::into_cached) returned after the previous generation on it). A
+    /// prompt that starts with some of those tokens skips running them again, when
+    /// `reuse_prefix` is on and the model can keep part of its cache.
+    pub fn resume(model: &'m mut M, cached: Vec<u32>) -> Self {
         let capacity = model.context_length();
         Generator {
             model,
             cursor: KvCursor::new(capacity),
+            cached,
+            reused: 0,
+            reuse: true,
         }
+    }
+
+    /// The tokens whose KV the model's cache holds after the last generation (empty when it
+    /// did not end normally), for [`resume`](Self::resume).
+    pub fn into_cached(self) -> Vec<u32> {
+        self.cached
+    }
+
+    /// Records what the cache holds, and how much of the prompt was reused, as a sequence ends.
+    pub(crate) fn finish(
+        &mut self,
+        sink: TokenSink<'_>,
+        reason: FinishReason,
+        start: Instant,
+        prefill_ms: f64,
+        decode_start: Instant,
+    ) -> Generation {
+        self.cached = sink.prefix(self.cursor.len()).to_vec();
+        let mut g = sink.finish(reason, start, prefill_ms, decode_start);
+        g.reused_prompt_tokens = self.reused;
+        g
     }
 
     /// Generates from `prompt`. `on_text` receives each safe text increment and returns `false`
@@ -86,7 +129,7 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
             self.cursor.commit(plan);
             token = chooser.choose(logits, &sink.history);
         };
-        Ok(sink.finish(finish_reason, start, prefill_ms, decode_start))
+        Ok(self.finish(sink, finish_reason, start, prefill_ms, decode_start))
     }
 
     /// Validates, sizes the cache, runs the prompt and chooses the first token: the part both
@@ -105,7 +148,8 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         let start = Instant::now();
         let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
         let mut chooser = Chooser::new(config, eos_ids, self.model.vocab_size(), prompt.len());
-        let Some(logits) = self.prefill(prompt, &mut sink)? else {
+        let reused = self.reused;
+        let Some(logits) = self.prefill(&prompt[reused..], &mut sink)? else {
             let now = Instant::now();
             let g = sink.finish(FinishReason::Cancelled, start, ms_since(start), now);
             return Ok(Start::Done(g));
@@ -120,8 +164,9 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         })))
     }
 
-    /// Runs the prompt in chunks of [`PREFILL_CHUNK`] tokens and returns the logits of its last
-    /// position, or `None` when the caller cancelled between chunks.
+    /// Runs the prompt (the part not reused from the cache) in chunks of [`PREFILL_CHUNK`]
+    /// tokens and returns the logits of its last position, or `None` when the caller cancelled
+    /// between chunks.
     fn prefill(&mut self, prompt: &[u32], sink: &mut TokenSink<'_>) -> Result<Option<&mut [f32]>> {
         let last = prompt.len().saturating_sub(1) / PREFILL_CHUNK;
         for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
@@ -165,16 +210,30 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
                 prompt.len()
             )));
         }
-        self.model.truncate_cache(0)?;
-        self.cursor.truncate(0);
         // Everything sized per sequence is sized by what the context can hold, never by the
         // requested budget alone: `max_tokens: 1e12` must not allocate a terabyte.
         let budget = config
             .max_new_tokens
             .min(self.cursor.capacity() - prompt.len());
-        self.model.reserve(prompt.len() + budget)?;
+        // The cache may keep the longest prefix this prompt shares with what it holds, less
+        // the prompt's last token, whose logits the first step needs.
+        let cached = std::mem::take(&mut self.cached);
+        let shared = if self.reuse && config.reuse_prefix && self.model.can_rollback() {
+            common_prefix(&cached, prompt).min(prompt.len() - 1)
+        } else {
+            0
+        };
+        let kept = self.model.reserve(prompt.len() + budget)?;
+        self.reused = if kept { shared } else { 0 };
+        self.model.truncate_cache(self.reused)?;
+        self.cursor = KvCursor::holding(self.cursor.capacity(), self.reused);
         Ok(TokenSink::new(prompt, config, budget, eos_ids, on_text))
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[cfg(test)]
@@ -341,6 +400,64 @@ mod tests {
         let e = run(&mut m, &[0, 1, 2, 3], &cfg, &[]).0.unwrap_err();
         assert!(e.to_string().contains("max_prompt_tokens"), "{e}");
         assert!(m.calls.is_empty());
+    }
+
+    #[test]
+    fn a_shared_prompt_prefix_is_not_run_again_and_gives_the_same_tokens() {
+        let script: Vec<u32> = (0..20).map(|t| (t * 7 + 3) % 20).collect();
+        let cfg = GenerationConfig::default().with_max_new_tokens(5);
+        let first = [1, 2, 3, 4, 5, 6];
+        let second = [1, 2, 3, 4, 9, 8, 7];
+        let mut m = ScriptedModel::new(script.clone(), 64);
+        let mut g = Generator::resume(&mut m, Vec::new());
+        g.generate(&Letters, &first, &cfg, &[], &mut |_| true)
+            .unwrap();
+        let cached = g.into_cached();
+        // The cache holds the prompt and every generated token but the last (never fed).
+        assert_eq!(cached.len(), first.len() + 5 - 1);
+        assert_eq!(&cached[..first.len()], &first);
+        let mut g = Generator::resume(&mut m, cached);
+        let reused = g
+            .generate(&Letters, &second, &cfg, &[], &mut |_| true)
+            .unwrap();
+        // The second prompt's first pass starts after the 4 shared tokens.
+        assert_eq!(m.calls[m.calls.len() - 5], (4, 3));
+        assert_eq!(reused.reused_prompt_tokens, 4);
+        let mut fresh_model = ScriptedModel::new(script, 64);
+        let fresh = Generator::new(&mut fresh_model)
+            .generate(&Letters, &second, &cfg, &[], &mut |_| true)
+            .unwrap();
+        assert_eq!(reused.tokens, fresh.tokens);
+        assert_eq!(fresh.reused_prompt_tokens, 0);
+    }
+
+    #[test]
+    fn an_identical_prompt_still_runs_its_last_token_and_reuse_can_be_refused() {
+        let script: Vec<u32> = (0..20).map(|t| (t + 1) % 20).collect();
+        let cfg = GenerationConfig::default().with_max_new_tokens(3);
+        let prompt = [1, 2, 3];
+        let mut m = ScriptedModel::new(script, 64);
+        let mut g = Generator::new(&mut m);
+        g.generate(&Letters, &prompt, &cfg, &[], &mut |_| true)
+            .unwrap();
+        let cached = g.into_cached();
+        let again = Generator::resume(&mut m, cached.clone())
+            .generate(&Letters, &prompt, &cfg, &[], &mut |_| true)
+            .unwrap();
+        assert_eq!(again.reused_prompt_tokens, 2);
+        assert_eq!(again.tokens, vec![4, 5, 6]);
+        let off = cfg.clone().with_reuse_prefix(false);
+        let plain = Generator::resume(&mut m, cached.clone())
+            .generate(&Letters, &prompt, &off, &[], &mut |_| true)
+            .unwrap();
+        assert_eq!(plain.reused_prompt_tokens, 0);
+        // An engine that reallocates its cache on reserve cannot reuse anything.
+        m.reallocate_on_reserve = true;
+        let moved = Generator::resume(&mut m, cached)
+            .generate(&Letters, &prompt, &cfg, &[], &mut |_| true)
+            .unwrap();
+        assert_eq!(moved.reused_prompt_tokens, 0);
+        assert_eq!(moved.tokens, vec![4, 5, 6]);
     }
 
     #[test]

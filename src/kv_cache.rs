@@ -38,6 +38,14 @@ impl KvCursor {
         KvCursor { len: 0, capacity }
     }
 
+    /// A cursor over a cache that already holds `len` positions (a reused prompt prefix).
+    pub fn holding(capacity: usize, len: usize) -> Self {
+        KvCursor {
+            len: len.min(capacity),
+            capacity,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

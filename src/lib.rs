@@ -110,6 +110,8 @@ pub struct Aligner {
     template: Option<Template>,
     eos_ids: Vec<u32>,
     cancel: CancelHandle,
+    /// The tokens whose KV the engine's cache holds (see [`Generator::resume`]).
+    kv_tokens: Vec<u32>,
 }
 
 impl Aligner {
@@ -147,6 +149,7 @@ impl Aligner {
             template,
             eos_ids,
             cancel: CancelHandle::new(),
+            kv_tokens: Vec::new(),
         })
     }
 
@@ -239,16 +242,12 @@ impl Aligner {
         let template = self.template()?;
         let config = with_template_stops(template, config);
         let ids = self.encode_prompt(&template.chat(system, question))?;
-        let Aligner {
-            engine,
-            tokenizer,
-            eos_ids,
-            cancel,
-            ..
-        } = self;
-        cancel.watch(on_text, |on_text| {
-            Generator::new(engine).generate(tokenizer, &ids, &config, eos_ids, on_text)
-        })
+        self.run(
+            |generator, tokenizer, eos_ids, on_text| {
+                generator.generate(tokenizer, &ids, &config, eos_ids, on_text)
+            },
+            on_text,
+        )
     }
 
     /// [`Aligner::correct`] with a template chosen per call (a server request may name one).
@@ -263,23 +262,19 @@ impl Aligner {
         let config = with_template_stops(template, config);
         // The correction mostly copies the answer: its tokens are the speculative drafts.
         let (ids, answer_ids) = self.correction_ids(template, question, answer)?;
-        let Aligner {
-            engine,
-            tokenizer,
-            eos_ids,
-            cancel,
-            ..
-        } = self;
-        cancel.watch(on_text, |on_text| {
-            Generator::new(engine).generate_with_copy_drafts(
-                tokenizer,
-                &ids,
-                &answer_ids,
-                &config,
-                eos_ids,
-                on_text,
-            )
-        })
+        self.run(
+            |generator, tokenizer, eos_ids, on_text| {
+                generator.generate_with_copy_drafts(
+                    tokenizer,
+                    &ids,
+                    &answer_ids,
+                    &config,
+                    eos_ids,
+                    on_text,
+                )
+            },
+            on_text,
+        )
     }
 
     /// The token ids of a correction prompt, and of the answer alone (the copy-draft source),
@@ -343,16 +338,44 @@ impl Aligner {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         self.check_ids(prompt)?;
+        self.run(
+            |generator, tokenizer, eos_ids, on_text| {
+                generator.generate(tokenizer, prompt, config, eos_ids, on_text)
+            },
+            on_text,
+        )
+    }
+}
+
+impl Aligner {
+    /// Runs one generation on a generator that resumes from what the cache holds, watched by
+    /// the cancel handle; records what the cache holds after it (nothing after an error).
+    fn run(
+        &mut self,
+        generate: impl FnOnce(
+            &mut Generator<'_, OnnxDecoder>,
+            &Tokenizer,
+            &[u32],
+            &mut dyn FnMut(&str) -> bool,
+        ) -> Result<Generation>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         let Aligner {
             engine,
             tokenizer,
             eos_ids,
             cancel,
+            kv_tokens,
             ..
         } = self;
-        cancel.watch(on_text, |on_text| {
-            Generator::new(engine).generate(tokenizer, prompt, config, eos_ids, on_text)
-        })
+        let mut generator = Generator::resume(engine, std::mem::take(kv_tokens));
+        let out = cancel.watch(on_text, |on_text| {
+            generate(&mut generator, tokenizer, eos_ids, on_text)
+        });
+        if out.is_ok() {
+            *kv_tokens = generator.into_cached();
+        }
+        out
     }
 }
 

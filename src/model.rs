@@ -28,9 +28,11 @@ pub trait DecoderModel {
     }
 
     /// Called before a sequence starts with the most positions it can reach, so an engine
-    /// can size its cache once instead of growing it per token.
-    fn reserve(&mut self, _max_total_len: usize) -> Result<()> {
-        Ok(())
+    /// can size its cache once instead of growing it per token. Returns whether the positions
+    /// already cached survived (false when the cache was reallocated), which reusing a cached
+    /// prompt prefix needs.
+    fn reserve(&mut self, _max_total_len: usize) -> Result<bool> {
+        Ok(true)
     }
 
     /// Drops cached positions at and after `len`; `0` starts a new sequence.

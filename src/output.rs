@@ -49,6 +49,8 @@ pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the previous generation (not run again).
+    pub reused_prompt_tokens: usize,
     pub finish_reason: FinishReason,
     pub timings: Timings,
     /// Copy-draft statistics, when speculative decoding ran.

@@ -102,6 +102,11 @@ impl<'c> TokenSink<'c> {
         (self.on_text)("")
     }
 
+    /// The first `len` tokens of the sequence (what a cache of `len` positions holds).
+    pub(crate) fn prefix(&self, len: usize) -> &[u32] {
+        &self.history[..len.min(self.history.len())]
+    }
+
     pub(crate) fn generated(&self) -> &[u32] {
         &self.history[self.prompt_len..]
     }
@@ -161,6 +166,7 @@ impl<'c> TokenSink<'c> {
             text: self.stops.text().to_string(),
             tokens,
             prompt_tokens: self.prompt_len,
+            reused_prompt_tokens: 0,
             finish_reason,
             timings,
             drafts: None,

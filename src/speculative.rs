@@ -100,7 +100,7 @@ impl<M: DecoderModel> Generator<'_, M> {
             self.model.truncate_cache(keep)?;
             token = next;
         };
-        let mut generation = sink.finish(finish_reason, start, prefill_ms, decode_start);
+        let mut generation = self.finish(sink, finish_reason, start, prefill_ms, decode_start);
         generation.drafts = Some(stats);
         Ok(generation)
     }

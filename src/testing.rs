@@ -18,6 +18,8 @@ pub struct ScriptedModel {
     pub states: Vec<Vec<u32>>,
     /// When set, the logits after token `t` are `table[t]` instead of the one-hot script.
     pub table: Option<Vec<Vec<f32>>>,
+    /// When set, `reserve` drops the cache, as an engine that reallocates its buffers does.
+    pub reallocate_on_reserve: bool,
     logits: Vec<f32>,
 }
 
@@ -31,6 +33,7 @@ impl ScriptedModel {
             reserved: Vec::new(),
             states: Vec::new(),
             table: None,
+            reallocate_on_reserve: false,
             logits: Vec::new(),
         }
     }
@@ -79,9 +82,12 @@ impl DecoderModel for ScriptedModel {
     fn can_rollback(&self) -> bool {
         true
     }
-    fn reserve(&mut self, max_total_len: usize) -> Result<()> {
+    fn reserve(&mut self, max_total_len: usize) -> Result<bool> {
         self.reserved.push(max_total_len);
-        Ok(())
+        if self.reallocate_on_reserve {
+            self.cached.clear();
+        }
+        Ok(!self.reallocate_on_reserve)
     }
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
         self.cached.truncate(len);

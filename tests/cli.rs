@@ -359,6 +359,63 @@ fn graph_cache_is_written_once_then_reused_with_identical_output() {
     );
 }
 
+/// The tiny int8 model once decoded to all token 0 from its cached graph: ONNX Runtime wrote
+/// prepacked MatMulNBits weights that read back wrong for its shapes. The cache now stores the
+/// optimized graph only.
+#[test]
+fn the_tiny_int8_model_decodes_the_same_from_its_cached_graph() {
+    let model = root().join("models/tiny-llama-int8");
+    let cache = tempfile::tempdir().unwrap();
+    let tokens = |cache_arg: &str| {
+        json_of(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "1,2,3,4",
+            "--max-new-tokens",
+            "12",
+            "--suppress-eos",
+            "--json",
+            "--graph-cache",
+            cache_arg,
+        ])["tokens"]
+            .clone()
+    };
+    let dir = cache.path().to_str().unwrap();
+    let uncached = tokens("off");
+    assert_eq!(tokens(dir), uncached, "the start that writes the cache");
+    assert_eq!(tokens(dir), uncached, "the start that reads it");
+    assert!(uncached.as_array().unwrap().iter().any(|t| t != 0));
+}
+
+/// Without --graph-cache the cache is on, under the user cache dir.
+#[test]
+fn the_graph_cache_is_on_by_default_under_the_user_cache_dir() {
+    let home = tempfile::tempdir().unwrap();
+    let o = aligner()
+        .env_remove("ALIGNER_GRAPH_CACHE")
+        .env("XDG_CACHE_HOME", home.path())
+        .args([
+            "generate",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--prompt-ids",
+            "1,2",
+            "--max-new-tokens",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let entries: Vec<_> = std::fs::read_dir(home.path().join("aligner/graphs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].path().join("model.onnx").is_file());
+}
+
 #[test]
 fn copy_drafts_change_speed_not_output() {
     // The default model corrects this answer by a one-word edit: some drafted tokens are

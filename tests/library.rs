@@ -127,3 +127,41 @@ fn a_cancel_handle_stops_a_generation_from_another_thread() {
     assert_eq!(g.finish_reason, aligner::FinishReason::Length);
     assert_eq!(g.tokens.len(), 200);
 }
+
+/// Prefix reuse on the real model: each correction starts from the KV cache of the prefix it
+/// shares with the previous one (the template's system prompt), and gives the same tokens as
+/// running its whole prompt.
+#[test]
+fn prefix_reuse_gives_the_same_corrections_as_whole_prompts() {
+    let model = root().join("models/smollm2-135m-aligner-int8");
+    assert!(model.join("model.onnx").is_file(), "run `make model`");
+    let pairs: Vec<serde_json::Value> =
+        std::fs::read_to_string(root().join("benches/workloads/corrections.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let mut reusing = Aligner::load(&model, &options().with_threads(2)).unwrap();
+    let mut whole = Aligner::load(&model, &options().with_threads(2)).unwrap();
+    let config = aligner::GenerationConfig::default().with_max_new_tokens(48);
+    let no_reuse = config.clone().with_reuse_prefix(false);
+    let (mut identical, mut reused) = (0, Vec::new());
+    for pair in &pairs {
+        let (q, a) = (
+            pair["question"].as_str().unwrap(),
+            pair["answer"].as_str().unwrap(),
+        );
+        let r = reusing.correct(q, a, &config, &mut |_| true).unwrap();
+        let w = whole.correct(q, a, &no_reuse, &mut |_| true).unwrap();
+        identical += usize::from(r.tokens == w.tokens);
+        reused.push(r.reused_prompt_tokens);
+        assert_eq!(w.reused_prompt_tokens, 0);
+    }
+    assert_eq!(identical, pairs.len(), "identical corrections");
+    assert_eq!(reused[0], 0, "nothing is cached before the first");
+    assert!(
+        reused[1..].iter().all(|&n| n >= 20),
+        "the system prompt is reused: {reused:?}"
+    );
+}

@@ -67,8 +67,8 @@ pub struct ModelArgs {
     /// Build TensorRT engines without fp16 kernels.
     #[arg(long)]
     pub no_trt_fp16: bool,
-    /// Cache optimized CPU graphs in DIR (`default`: ~/.cache/aligner/graphs) so later starts
-    /// are fast. Opt-in: a cached graph of the tiny int8 test model decodes wrongly (open bug).
+    /// Where optimized CPU graphs are cached so that later starts are fast: on by default
+    /// under ~/.cache/aligner/graphs (or $XDG_CACHE_HOME); `off` optimizes on every start.
     #[arg(long, value_name = "DIR|default|off", env = "ALIGNER_GRAPH_CACHE")]
     pub graph_cache: Option<String>,
 }
@@ -158,8 +158,8 @@ impl ModelArgs {
             o = o.with_threads(n);
         }
         match self.graph_cache.as_deref() {
-            None | Some("off") => {}
-            Some("default") => {
+            Some("off") => {}
+            None | Some("default") => {
                 o.engine = o.engine.with_graph_cache(user_cache_dir().join("graphs"))
             }
             Some(dir) => o.engine = o.engine.with_graph_cache(dir),
@@ -189,6 +189,10 @@ pub struct GenArgs {
     /// Never produce EOS tokens (their logits are masked), so runs have fixed lengths.
     #[arg(long, alias = "ignore-eos")]
     pub suppress_eos: bool,
+    /// Run every prompt from its first token, instead of reusing the KV cache of the prefix it
+    /// shares with the previous one (the template's fixed part); output is the same.
+    #[arg(long)]
+    pub no_prefix_reuse: bool,
 }
 
 impl GenArgs {
@@ -199,6 +203,9 @@ impl GenArgs {
         }
         if self.no_draft {
             c = c.with_copy_drafts(false);
+        }
+        if self.no_prefix_reuse {
+            c = c.with_reuse_prefix(false);
         }
         let penalize_prompt = self.penalize_prompt || c.penalize_prompt;
         let suppress_eos = self.suppress_eos || c.suppress_eos;

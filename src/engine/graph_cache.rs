@@ -1,9 +1,8 @@
 //! On-disk cache of the optimized CPU graph, so that the second start of a model is fast.
 //!
-//! Most of a CPU session's start is spent optimizing the graph and prepacking the quantized
-//! weights into the kernels' layouts. The first start asks ONNX Runtime to write the result
-//! (graph plus prepacked weights) to a cache folder; later starts load that with optimization
-//! off. The key covers everything the result depends on: the model files (size and mtime),
+//! Most of a CPU session's start is spent optimizing the graph. The first start asks ONNX
+//! Runtime to write the optimized graph to a cache folder; later starts load that with
+//! optimization off (and prepack the weights again, which is quick). The key covers everything the result depends on: the model files (size and mtime),
 //! the ONNX Runtime version and the CPU's feature flags (prepacked layouts are CPU-specific).
 //! A cache entry that fails to load is deleted and the model loads from its folder.
 
@@ -24,6 +23,8 @@ impl GraphCache {
     pub fn new(root: &Path, model_path: &Path, ort_version: &str) -> GraphCache {
         let mut key = Sha256::new();
         key.update(env!("CARGO_PKG_VERSION"));
+        // Bumped when what is stored changes (2: the graph only, no prepacked weights).
+        key.update(b"format 2");
         key.update(ort_version);
         key.update(cpu_flags());
         let canonical = model_path

@@ -32,6 +32,9 @@ mod session;
 use io::{tensor_type, InputRole};
 use session::{build_session, int_tensor};
 
+/// The smallest shared KV buffer allocated, in positions (about 12 MB for SmolLM2-135M).
+const MIN_KV_POSITIONS: usize = 256;
+
 /// Shared KV buffers up to this many positions are kept between sequences; larger ones are
 /// freed when a shorter sequence follows.
 const KV_KEEP_POSITIONS: usize = 1024;
@@ -225,15 +228,20 @@ impl OnnxDecoder {
     }
 
     /// Shared mode: (re)allocates the buffers when a sequence may outgrow them and binds each
-    /// as both the past input and the present output of its layer.
-    fn ensure_shared_capacity(&mut self, needed: usize) -> Result<()> {
+    /// as both the past input and the present output of its layer. Returns false when it
+    /// reallocated (the cached positions are gone).
+    fn ensure_shared_capacity(&mut self, needed: usize) -> Result<bool> {
         let KvStorage::Shared { capacity, .. } = &self.kv else {
-            return Ok(());
+            return Ok(true);
         };
         if *capacity >= needed {
-            return Ok(());
+            return Ok(true);
         }
+        // Powers of two from 256 positions, so that the next, slightly longer sequence rarely
+        // reallocates: a reallocation loses the cached prompt prefix the next one could reuse.
         let new_capacity = needed
+            .next_power_of_two()
+            .max(MIN_KV_POSITIONS)
             .max(*capacity * 2)
             .min(self.context_length)
             .max(needed);
@@ -252,7 +260,7 @@ impl OnnxDecoder {
             capacity: new_capacity,
             binding: Some(Box::new(binding)),
         };
-        Ok(())
+        Ok(false)
     }
 
     fn past_input_name(&self, slot: usize) -> &str {
@@ -433,9 +441,10 @@ impl DecoderModel for OnnxDecoder {
         Ok(&mut self.logits[..tokens.len() * self.vocab_size])
     }
 
-    fn reserve(&mut self, max_total_len: usize) -> Result<()> {
+    fn reserve(&mut self, max_total_len: usize) -> Result<bool> {
         // One outlier request must not keep its large cache for good: drop buffers far bigger
         // than this sequence needs (the next allocation is sized for it).
+        let mut kept = true;
         if let KvStorage::Shared { capacity, .. } = self.kv {
             if capacity > KV_KEEP_POSITIONS && capacity > 2 * max_total_len {
                 self.kv = KvStorage::Shared {
@@ -443,13 +452,14 @@ impl DecoderModel for OnnxDecoder {
                     capacity: 0,
                     binding: None,
                 };
+                kept = false;
             }
         }
         // Likewise the logits rows a long verification pass left behind.
         if self.logits.len() > 64 * self.vocab_size {
             self.logits = vec![0.0; self.vocab_size];
         }
-        self.ensure_shared_capacity(max_total_len)
+        Ok(self.ensure_shared_capacity(max_total_len)? && kept)
     }
 
     fn can_rollback(&self) -> bool {

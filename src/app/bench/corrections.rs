@@ -75,6 +75,14 @@ pub struct ItemReport {
     pub identical: bool,
     /// For feeding other runtimes the same work (benches/compare.py).
     pub prompt_ids: Vec<u32>,
+    /// Time to first token with the KV cache of the prefix this prompt shares with the
+    /// previous pair's (the template's fixed part), and with the whole prompt run.
+    pub ttft_reuse_ms: f64,
+    pub ttft_full_ms: f64,
+    /// Prompt tokens taken from the cache in the reuse run.
+    pub reused_prompt_tokens: usize,
+    /// The reuse run's first tokens equal the full run's.
+    pub reuse_identical: bool,
 }
 
 /// Per-run totals over the whole set, and the per-pair reports.
@@ -82,6 +90,60 @@ pub struct CorrectionReport {
     pub draft_total_ms: Vec<f64>,
     pub plain_total_ms: Vec<f64>,
     pub items: Vec<ItemReport>,
+}
+
+/// Tokens generated in each time-to-first-token run: enough to compare outputs, few enough
+/// that prefill dominates.
+const TTFT_TOKENS: usize = 8;
+
+/// Per pair, the median time to first token with prefix reuse (the cache holding the previous
+/// pair's prompt, as in a batch or a server) and without, alternating which runs first, and
+/// whether the two give the same first tokens.
+fn time_to_first_token(
+    aligner: &mut Aligner,
+    template: aligner::Template,
+    items: &[WorkloadItem],
+    runs: usize,
+) -> Result<Vec<(f64, f64, usize, bool)>> {
+    let reuse = GenerationConfig::default()
+        .with_max_new_tokens(TTFT_TOKENS)
+        .with_copy_drafts(false);
+    let full = reuse.clone().with_reuse_prefix(false);
+    let mut times = vec![(Vec::new(), Vec::new(), 0, true); items.len()];
+    for run in 0..runs {
+        for (i, item) in items.iter().enumerate() {
+            // The cache must hold another pair's prompt before the reuse run, as in a batch.
+            let other = &items[(i + items.len() - 1) % items.len()];
+            let mut correct = |item: &WorkloadItem, config: &GenerationConfig| {
+                aligner.correct_with_template(
+                    template,
+                    &item.question,
+                    &item.answer,
+                    config,
+                    &mut |_| true,
+                )
+            };
+            correct(other, &full)?;
+            let (with, without) = if run % 2 == 0 {
+                let w = correct(item, &reuse)?;
+                correct(other, &full)?;
+                (w, correct(item, &full)?)
+            } else {
+                let f = correct(item, &full)?;
+                correct(other, &full)?;
+                (correct(item, &reuse)?, f)
+            };
+            let t = &mut times[i];
+            t.0.push(with.timings.prefill_ms);
+            t.1.push(without.timings.prefill_ms);
+            t.2 = with.reused_prompt_tokens;
+            t.3 &= with.tokens == without.tokens;
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|(w, f, n, same)| (median(w), median(f), n, same))
+        .collect())
 }
 
 pub fn run(
@@ -92,7 +154,11 @@ pub fn run(
     runs: usize,
 ) -> Result<CorrectionReport> {
     let template = aligner.template()?;
-    let base = GenerationConfig::default().with_max_new_tokens(max_new_tokens);
+    // Whole prompts every time: the same pair twice in a row would otherwise reuse its whole
+    // prompt the second time. Prefix reuse is measured on its own below.
+    let base = GenerationConfig::default()
+        .with_max_new_tokens(max_new_tokens)
+        .with_reuse_prefix(false);
     let plain_config = base.clone().with_copy_drafts(false);
     let mut times = vec![(Vec::new(), Vec::new()); items.len()];
     let mut report = CorrectionReport {
@@ -136,7 +202,10 @@ pub fn run(
             report.draft_total_ms.push(draft_total);
         }
     }
-    for ((item, (plain, drafted)), (plain_ms, draft_ms)) in items.iter().zip(outputs).zip(times) {
+    let ttft = time_to_first_token(aligner, template, items, runs)?;
+    for (((item, (plain, drafted)), (plain_ms, draft_ms)), ttft) in
+        items.iter().zip(outputs).zip(times).zip(ttft)
+    {
         let (prompt_ids, answer_ids) =
             aligner.correction_ids(template, &item.question, &item.answer)?;
         let stats = drafted.drafts.unwrap_or_default();
@@ -155,6 +224,10 @@ pub fn run(
             accepted: stats.accepted,
             identical: plain.tokens == drafted.tokens,
             prompt_ids,
+            ttft_reuse_ms: ttft.0,
+            ttft_full_ms: ttft.1,
+            reused_prompt_tokens: ttft.2,
+            reuse_identical: ttft.3,
         });
     }
     Ok(report)

@@ -172,6 +172,15 @@ fn add_corrections(
         "drafts_lossless".into(),
         json!(report.items.iter().all(|i| i.identical)),
     );
+    let sum = |f: fn(&corrections::ItemReport) -> f64| report.items.iter().map(f).sum::<f64>();
+    out.insert(
+        "ttft_reuse_over_full".into(),
+        json!(sum(|i| i.ttft_reuse_ms) / sum(|i| i.ttft_full_ms)),
+    );
+    out.insert(
+        "prefix_reuse_identical_pairs".into(),
+        json!(report.items.iter().filter(|i| i.reuse_identical).count()),
+    );
     let longest = report
         .items
         .iter()
@@ -254,4 +263,11 @@ fn print_summary(out: &Map<String, Value>) {
         ),
         None => println!("no pair reached a copy fraction of 70% with this model"),
     }
+    println!(
+        "prefix reuse: time to first token {:.2}x of a full prompt pass; first {} tokens identical on {} of {} pairs",
+        num("ttft_reuse_over_full"),
+        8,
+        num("prefix_reuse_identical_pairs"),
+        items.len()
+    );
 }

@@ -61,6 +61,7 @@ impl Corrector for Echo {
             text,
             tokens,
             prompt_tokens: 3,
+            reused_prompt_tokens: 0,
             finish_reason: finish,
             timings: Timings::default(),
             drafts: None,
