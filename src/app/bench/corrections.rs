@@ -289,6 +289,10 @@ mod tests {
             accepted: 0,
             identical: true,
             prompt_ids: vec![],
+            ttft_reuse_ms: 0.0,
+            ttft_full_ms: 0.0,
+            reused_prompt_tokens: 0,
+            reuse_identical: true,
         }
     }
 
