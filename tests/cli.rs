@@ -259,6 +259,9 @@ fn bench_reports_median_min_max() {
         "1",
         "--json",
     ]);
+    // Every measured run prefilled its whole prompt (prefix reuse would fake the figure).
+    assert_eq!(v["prefill_reused_tokens"], 0);
+    assert!(v["ttft_reuse_over_full"].as_f64().is_some_and(|r| r > 0.0));
     for key in [
         "prefill_tok_s",
         "decode_tok_s",
