@@ -92,6 +92,18 @@ pub struct CorrectionReport {
     pub items: Vec<ItemReport>,
 }
 
+/// One pair, corrected without streaming.
+fn correct_pair(
+    aligner: &mut Aligner,
+    template: aligner::Template,
+    item: &WorkloadItem,
+    config: &GenerationConfig,
+) -> aligner::Result<aligner::Generation> {
+    aligner.correct_with_template(template, &item.question, &item.answer, config, &mut |_| {
+        true
+    })
+}
+
 /// Tokens generated in each time-to-first-token run: enough to compare outputs, few enough
 /// that prefill dominates.
 const TTFT_TOKENS: usize = 8;
@@ -115,13 +127,7 @@ fn time_to_first_token(
             // The cache must hold another pair's prompt before the reuse run, as in a batch.
             let other = &items[(i + items.len() - 1) % items.len()];
             let mut correct = |item: &WorkloadItem, config: &GenerationConfig| {
-                aligner.correct_with_template(
-                    template,
-                    &item.question,
-                    &item.answer,
-                    config,
-                    &mut |_| true,
-                )
+                correct_pair(aligner, template, item, config)
             };
             correct(other, &full)?;
             let (with, without) = if run % 2 == 0 {
@@ -170,15 +176,8 @@ pub fn run(
     for run in 0..warmup + runs {
         let (mut draft_total, mut plain_total) = (0.0, 0.0);
         for (i, item) in items.iter().enumerate() {
-            let mut correct = |config: &GenerationConfig| {
-                aligner.correct_with_template(
-                    template,
-                    &item.question,
-                    &item.answer,
-                    config,
-                    &mut |_| true,
-                )
-            };
+            let mut correct =
+                |config: &GenerationConfig| correct_pair(aligner, template, item, config);
             // Alternate which goes first so neither always runs on a warmer cache.
             let (plain, drafted) = if run % 2 == 0 {
                 let p = correct(&plain_config)?;
