@@ -152,6 +152,8 @@ lint: $(VENV)/.stamp $(CBINDGEN)
 	$(CBINDGEN) --quiet --config cbindgen.toml --crate aligner | diff -u include/aligner.h - \
 	  || { echo "include/aligner.h is stale: run make header"; exit 1; }
 	cargo clippy --release --all-targets -- -D warnings
+	# The library alone, as an embedder builds it: no clap, tokio, axum, reqwest.
+	cargo check --lib --no-default-features --locked
 	$(VENV)/bin/ruff check export train tests/python scripts benches examples
 	$(PY) scripts/module_graph.py
 
