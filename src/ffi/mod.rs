@@ -322,7 +322,10 @@ fn apply(o: &AlignerGenOptions, mut c: crate::GenerationConfig) -> crate::Genera
     if o.use_seed {
         c = c.with_seed(o.seed);
     }
-    c.with_copy_drafts(!o.disable_copy_drafts)
+    if o.disable_copy_drafts {
+        c = c.with_copy_drafts(false);
+    }
+    c
 }
 
 /// Corrects `answer` to `question` (UTF-8, with lengths or `ALIGNER_NUL_TERMINATED`) into

@@ -89,6 +89,19 @@ def test_errors_are_statuses_with_thread_local_one_line_messages():
     assert lib.c.aligner_last_error().decode().startswith("invalid request: model is NULL")
 
 
+def test_settings_out_of_range_are_refused_by_name():
+    lib = correct_ctypes.Library(str(LIB))
+    model = correct_ctypes.Model(lib, str(MODEL))
+    gen = lib.c.aligner_gen_options_default()
+    gen.top_p = 2.0
+    result = correct_ctypes.ctypes.c_void_p()
+    status = lib.c.aligner_correct(model.ptr, b"q", 1, b"a", 1, correct_ctypes.ctypes.byref(gen),
+                                   correct_ctypes.PIECE_FN(0), None, correct_ctypes.ctypes.byref(result))
+    assert status == 1 and result.value is None
+    assert "top_p 2 must be in (0, 1]" in lib.c.aligner_last_error().decode()
+    model.close()
+
+
 def test_the_header_declares_exactly_the_library_exports():
     exported = subprocess.run(["nm", "-D", "--defined-only", str(LIB)], capture_output=True, text=True,
                               check=True).stdout
