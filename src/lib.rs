@@ -345,9 +345,7 @@ impl Aligner {
             on_text,
         )
     }
-}
 
-impl Aligner {
     /// Runs one generation on a generator that resumes from what the cache holds, watched by
     /// the cancel handle; records what the cache holds after it (nothing after an error).
     fn run(

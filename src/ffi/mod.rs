@@ -300,32 +300,24 @@ pub unsafe extern "C" fn aligner_model_cancel(model: *const AlignerModel) -> Ali
     })
 }
 
-fn apply(o: &AlignerGenOptions, mut c: crate::GenerationConfig) -> crate::GenerationConfig {
-    if o.max_new_tokens > 0 {
-        c = c.with_max_new_tokens(o.max_new_tokens as usize);
-    }
-    if o.temperature >= 0.0 {
-        c = c.with_temperature(o.temperature);
-    }
-    if o.top_k >= 0 {
-        c = c.with_top_k(o.top_k as usize);
-    }
-    if o.top_p > 0.0 {
-        c = c.with_top_p(o.top_p);
-    }
-    if o.min_p >= 0.0 {
-        c = c.with_min_p(o.min_p);
-    }
-    if o.repetition_penalty > 0.0 {
-        c = c.with_repetition_penalty(o.repetition_penalty);
-    }
-    if o.use_seed {
-        c = c.with_seed(o.seed);
-    }
+/// The options as the library's [`SamplingOverrides`](crate::SamplingOverrides) over `c`, the
+/// folder's defaults: a negative or zero value (as documented per field) keeps the default.
+fn apply(o: &AlignerGenOptions, c: crate::GenerationConfig) -> crate::GenerationConfig {
+    let overrides = crate::SamplingOverrides {
+        max_new_tokens: (o.max_new_tokens > 0).then_some(o.max_new_tokens as usize),
+        temperature: (o.temperature >= 0.0).then_some(o.temperature),
+        top_k: (o.top_k >= 0).then_some(o.top_k as usize),
+        top_p: (o.top_p > 0.0).then_some(o.top_p),
+        min_p: (o.min_p >= 0.0).then_some(o.min_p),
+        repetition_penalty: (o.repetition_penalty > 0.0).then_some(o.repetition_penalty),
+        seed: o.use_seed.then_some(o.seed),
+    };
+    let c = overrides.apply(c);
     if o.disable_copy_drafts {
-        c = c.with_copy_drafts(false);
+        c.with_copy_drafts(false)
+    } else {
+        c
     }
-    c
 }
 
 /// Corrects `answer` to `question` (UTF-8, with lengths or `ALIGNER_NUL_TERMINATED`) into

@@ -106,7 +106,7 @@ fn correct_pair(
 
 /// Tokens generated in each time-to-first-token run: enough to compare outputs, few enough
 /// that prefill dominates.
-const TTFT_TOKENS: usize = 8;
+pub const TTFT_TOKENS: usize = 8;
 
 /// Per pair, the median time to first token with prefix reuse (the cache holding the previous
 /// pair's prompt, as in a batch or a server) and without, alternating which runs first, and

@@ -273,7 +273,7 @@ fn print_summary(out: &Map<String, Value>) {
     println!(
         "prefix reuse: time to first token {:.2}x of a full prompt pass; first {} tokens identical on {} of {} pairs",
         num("ttft_reuse_over_full"),
-        8,
+        corrections::TTFT_TOKENS,
         num("prefix_reuse_identical_pairs"),
         items.len()
     );
