@@ -30,6 +30,11 @@ impl CancelHandle {
         self.0.load(Ordering::Acquire)
     }
 
+    /// Forgets a stop request (the generations it was for have ended).
+    pub(crate) fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
     /// Runs `generate` with `on_text` wrapped so that a requested stop cancels it, then clears
     /// the request.
     pub(crate) fn watch<T>(

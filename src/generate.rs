@@ -10,7 +10,7 @@ use crate::kv_cache::KvCursor;
 use crate::model::DecoderModel;
 use crate::output::ms_since;
 pub use crate::output::{DraftStats, Generation, Timings};
-use crate::sequence::{Chooser, TokenSink};
+use crate::sequence::{Chooser, OnText, TokenSink};
 use crate::stop::FinishReason;
 use crate::tokenizer::Decode;
 
@@ -33,8 +33,8 @@ pub struct Generator<'m, M: DecoderModel> {
 }
 
 /// A sequence after its prompt pass: the first token is chosen, not yet accepted.
-pub(crate) struct Started<'e, 'c> {
-    pub(crate) chooser: Chooser<'e>,
+pub(crate) struct Started<'c> {
+    pub(crate) chooser: Chooser,
     pub(crate) sink: TokenSink<'c>,
     pub(crate) first: u32,
     pub(crate) start: Instant,
@@ -43,8 +43,8 @@ pub(crate) struct Started<'e, 'c> {
 
 /// What [`Generator::start`] leads to: a running sequence, or a finished one (cancelled
 /// between prompt chunks).
-pub(crate) enum Start<'e, 'c> {
-    Running(Box<Started<'e, 'c>>),
+pub(crate) enum Start<'c> {
+    Running(Box<Started<'c>>),
     Done(Generation),
 }
 
@@ -78,6 +78,14 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         self.cached
     }
 
+    /// For a sequence whose decoding goes on elsewhere (a batch slot) right after
+    /// [`start`](Self::start): records that the cache holds `prompt`, for the next prompt to
+    /// reuse, and returns how many of its tokens were reused.
+    pub(crate) fn hand_off(&mut self, prompt: &[u32]) -> usize {
+        self.cached = prompt[..self.cursor.len().min(prompt.len())].to_vec();
+        self.reused
+    }
+
     /// Records what the cache holds, and how much of the prompt was reused, as a sequence ends.
     pub(crate) fn finish(
         &mut self,
@@ -104,7 +112,7 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         eos_ids: &[u32],
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let s = match self.start(prompt, config, eos_ids, on_text)? {
+        let s = match self.start(prompt, config, eos_ids, Box::new(on_text))? {
             Start::Running(s) => s,
             Start::Done(g) => return Ok(g),
         };
@@ -135,16 +143,13 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
     /// Validates, sizes the cache, runs the prompt and chooses the first token: the part both
     /// loops share, so their timings and their ends agree. `prefill_ms` is the time to that
     /// first token.
-    pub(crate) fn start<'e, 'c>(
+    pub(crate) fn start<'c>(
         &mut self,
         prompt: &[u32],
         config: &GenerationConfig,
-        eos_ids: &'e [u32],
-        on_text: &'c mut dyn FnMut(&str) -> bool,
-    ) -> Result<Start<'e, 'c>>
-    where
-        'e: 'c,
-    {
+        eos_ids: &[u32],
+        on_text: OnText<'c>,
+    ) -> Result<Start<'c>> {
         let start = Instant::now();
         let mut sink = self.begin(prompt, config, eos_ids, on_text)?;
         let mut chooser = Chooser::new(config, eos_ids, self.model.vocab_size(), prompt.len());
@@ -190,8 +195,8 @@ impl<'m, M: DecoderModel> Generator<'m, M> {
         &mut self,
         prompt: &[u32],
         config: &GenerationConfig,
-        eos_ids: &'c [u32],
-        on_text: &'c mut dyn FnMut(&str) -> bool,
+        eos_ids: &[u32],
+        on_text: OnText<'c>,
     ) -> Result<TokenSink<'c>> {
         config.validate()?;
         if prompt.is_empty() {

@@ -21,6 +21,8 @@
 //! # Ok::<(), aligner::Error>(())
 //! ```
 
+pub mod batch;
+pub mod batching;
 pub mod cancel;
 pub mod config;
 pub mod draft;
@@ -45,6 +47,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+pub use batch::Batch;
 pub use cancel::CancelHandle;
 pub use config::{GenerationConfig, SamplingOverrides};
 pub use engine::EngineConfig;

@@ -38,3 +38,22 @@ pub trait DecoderModel {
     /// Drops cached positions at and after `len`; `0` starts a new sequence.
     fn truncate_cache(&mut self, len: usize) -> Result<()>;
 }
+
+/// A model that decodes several sequences in one forward pass (continuous batching, see
+/// [`crate::batching`]). Each sequence owns a slot of a batch cache. Its prompt runs alone
+/// through [`DecoderModel::forward`] (prefill is compute-bound, so batching it gains little)
+/// and its cache is then copied into a slot; decoding is memory-bound, so one pass over many
+/// slots costs little more than over one.
+pub trait BatchModel: DecoderModel {
+    /// Sizes the batch cache for `slots` sequences of up to `positions` positions each,
+    /// keeping what the slots already hold. Errors when this model cannot batch.
+    fn reserve_batch(&mut self, slots: usize, positions: usize) -> Result<()>;
+
+    /// Copies the first `len` positions of the single-sequence cache into `slot`.
+    fn load_slot(&mut self, slot: usize, len: usize) -> Result<()>;
+
+    /// One token per slot: `tokens[s]` goes to position `past[s]` of slot `s` and attends to
+    /// that slot's first `past[s]` positions. Returns `slots * vocab_size` logits, slot by slot.
+    /// A slot with no sequence gets any token at position 0.
+    fn forward_batch(&mut self, tokens: &[u32], past: &[usize]) -> Result<&mut [f32]>;
+}

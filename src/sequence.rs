@@ -12,22 +12,26 @@ use crate::stop::{FinishReason, StopStrings};
 use crate::tokenizer::{Decode, DecodeStream};
 
 /// Turns logits into the next token: EOS suppression, then the configured sampler.
-pub(crate) struct Chooser<'e> {
+pub(crate) struct Chooser {
     sampler: Sampler,
-    suppress: &'e [u32],
+    suppress: Vec<u32>,
     penalize_from: usize,
 }
 
-impl<'e> Chooser<'e> {
+impl Chooser {
     pub(crate) fn new(
         config: &GenerationConfig,
-        eos_ids: &'e [u32],
+        eos_ids: &[u32],
         vocab: usize,
         prompt_len: usize,
     ) -> Self {
         Chooser {
             sampler: Sampler::new(config.sampling(), vocab),
-            suppress: if config.suppress_eos { eos_ids } else { &[] },
+            suppress: if config.suppress_eos {
+                eos_ids.to_vec()
+            } else {
+                Vec::new()
+            },
             penalize_from: if config.penalize_prompt {
                 0
             } else {
@@ -55,7 +59,7 @@ impl<'e> Chooser<'e> {
     }
 
     fn suppress_eos(&self, logits: &mut [f32]) {
-        for &eos in self.suppress {
+        for &eos in &self.suppress {
             if let Some(l) = logits.get_mut(eos as usize) {
                 *l = f32::NEG_INFINITY;
             }
@@ -63,16 +67,20 @@ impl<'e> Chooser<'e> {
     }
 }
 
+/// Where a sequence's text goes; returns `false` to cancel. Owned, so that a batch can hold
+/// many running sequences (a plain call boxes its `&mut` callback).
+pub type OnText<'c> = Box<dyn FnMut(&str) -> bool + 'c>;
+
 /// Everything that happens to an accepted token: EOS, streaming, stop strings, the budget.
 /// Shared by the plain and the speculative loops so both end in exactly the same way.
 pub(crate) struct TokenSink<'c> {
     pub(crate) history: Vec<u32>,
     prompt_len: usize,
     max_new_tokens: usize,
-    eos_ids: &'c [u32],
+    eos_ids: Vec<u32>,
     stream: DecodeStream,
     stops: StopStrings,
-    on_text: &'c mut dyn FnMut(&str) -> bool,
+    on_text: OnText<'c>,
 }
 
 impl<'c> TokenSink<'c> {
@@ -80,8 +88,8 @@ impl<'c> TokenSink<'c> {
         prompt: &[u32],
         config: &GenerationConfig,
         budget: usize,
-        eos_ids: &'c [u32],
-        on_text: &'c mut dyn FnMut(&str) -> bool,
+        eos_ids: &[u32],
+        on_text: OnText<'c>,
     ) -> Self {
         let mut history = Vec::with_capacity(prompt.len() + budget);
         history.extend_from_slice(prompt);
@@ -89,7 +97,7 @@ impl<'c> TokenSink<'c> {
             history,
             prompt_len: prompt.len(),
             max_new_tokens: config.max_new_tokens,
-            eos_ids,
+            eos_ids: eos_ids.to_vec(),
             stream: DecodeStream::new(),
             stops: StopStrings::new(config.stop.clone()),
             on_text,

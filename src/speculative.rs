@@ -36,7 +36,7 @@ impl<M: DecoderModel> Generator<'_, M> {
             return self.generate(decoder, prompt, config, eos_ids, on_text);
         }
         let vocab = self.model.vocab_size();
-        let s = match self.start(prompt, config, eos_ids, on_text)? {
+        let s = match self.start(prompt, config, eos_ids, Box::new(on_text))? {
             Start::Running(s) => s,
             Start::Done(g) => return Ok(g),
         };

@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::kv_cache::StepPlan;
-use crate::model::DecoderModel;
+use crate::model::{BatchModel, DecoderModel};
 use crate::tokenizer::Decode;
 
 pub struct ScriptedModel {
@@ -20,6 +20,14 @@ pub struct ScriptedModel {
     pub table: Option<Vec<Vec<f32>>>,
     /// When set, `reserve` drops the cache, as an engine that reallocates its buffers does.
     pub reallocate_on_reserve: bool,
+    /// When set, the next token depends on the whole cached sequence (a hash of it), not only
+    /// on the last token: a loop that feeds a wrong cache then gives other tokens.
+    pub whole_history: bool,
+    /// The batch cache, one sequence per slot, and the positions each may hold.
+    pub slot_caches: Vec<Vec<u32>>,
+    pub slot_positions: usize,
+    /// Slots per batched pass, one entry per pass.
+    pub batch_calls: Vec<usize>,
     logits: Vec<f32>,
 }
 
@@ -34,6 +42,10 @@ impl ScriptedModel {
             states: Vec::new(),
             table: None,
             reallocate_on_reserve: false,
+            whole_history: false,
+            slot_caches: Vec::new(),
+            slot_positions: 0,
+            batch_calls: Vec::new(),
             logits: Vec::new(),
         }
     }
@@ -53,16 +65,31 @@ impl ScriptedModel {
         self.cached.extend_from_slice(tokens);
         self.calls.push((plan.past_len, plan.new_len));
         let vocab = self.script.len();
-        self.logits.clear();
-        self.logits.resize(rows * vocab, 0.0);
-        for (row, &t) in tokens[tokens.len() - rows..].iter().enumerate() {
-            let out = &mut self.logits[row * vocab..(row + 1) * vocab];
-            match &self.table {
-                Some(table) => out.copy_from_slice(&table[t as usize]),
-                None => out[self.script[t as usize] as usize] = 10.0,
-            }
+        let mut logits = std::mem::take(&mut self.logits);
+        logits.clear();
+        logits.resize(rows * vocab, 0.0);
+        let first = self.cached.len() - rows;
+        for row in 0..rows {
+            let seen = &self.cached[..first + row + 1];
+            self.fill_row(seen, &mut logits[row * vocab..(row + 1) * vocab]);
         }
+        self.logits = logits;
         &mut self.logits
+    }
+
+    /// The logits after the sequence `seen` (its last token is the newest).
+    fn fill_row(&self, seen: &[u32], out: &mut [f32]) {
+        let t = *seen.last().expect("a pass has a token") as usize;
+        match &self.table {
+            Some(table) => out.copy_from_slice(&table[t]),
+            None if self.whole_history => {
+                let h = seen
+                    .iter()
+                    .fold(7usize, |h, &x| (h * 31 + x as usize) % 1_000_003);
+                out[h % self.script.len()] = 10.0;
+            }
+            None => out[self.script[t] as usize] = 10.0,
+        }
     }
 }
 
@@ -92,6 +119,51 @@ impl DecoderModel for ScriptedModel {
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
         self.cached.truncate(len);
         Ok(())
+    }
+}
+
+impl BatchModel for ScriptedModel {
+    fn reserve_batch(&mut self, slots: usize, positions: usize) -> Result<()> {
+        assert!(
+            positions <= self.context,
+            "batch cache larger than the context"
+        );
+        assert!(
+            positions >= self.slot_positions,
+            "batch cache shrank under its slots"
+        );
+        self.slot_caches.resize(slots, Vec::new());
+        self.slot_positions = positions;
+        Ok(())
+    }
+    fn load_slot(&mut self, slot: usize, len: usize) -> Result<()> {
+        assert!(
+            len <= self.cached.len(),
+            "copied positions that are not cached"
+        );
+        assert!(len <= self.slot_positions, "slot too small for its prompt");
+        self.slot_caches[slot] = self.cached[..len].to_vec();
+        Ok(())
+    }
+    fn forward_batch(&mut self, tokens: &[u32], past: &[usize]) -> Result<&mut [f32]> {
+        let slots = self.slot_caches.len();
+        assert_eq!((tokens.len(), past.len()), (slots, slots));
+        self.batch_calls.push(slots);
+        let vocab = self.script.len();
+        self.logits.clear();
+        self.logits.resize(slots * vocab, 0.0);
+        for s in 0..slots {
+            let mut cache = std::mem::take(&mut self.slot_caches[s]);
+            assert!(past[s] <= cache.len(), "slot {s} reads uncached positions");
+            cache.truncate(past[s]);
+            cache.push(tokens[s]);
+            assert!(cache.len() <= self.slot_positions, "slot {s} overflows");
+            let mut row = vec![0.0; vocab];
+            self.fill_row(&cache, &mut row);
+            self.logits[s * vocab..(s + 1) * vocab].copy_from_slice(&row);
+            self.slot_caches[s] = cache;
+        }
+        Ok(&mut self.logits)
     }
 }
 

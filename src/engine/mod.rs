@@ -26,6 +26,7 @@ use crate::model::DecoderModel;
 use crate::provider::{ProviderConfig, ProviderReport};
 use crate::runtime::OrtRuntime;
 
+mod batch;
 pub mod graph_cache;
 mod io;
 mod session;
@@ -97,6 +98,8 @@ pub struct OnnxDecoder {
     cpu_output: MemoryInfo<'static>,
     /// Device memory for the shared KV buffers on CUDA/TensorRT; `None` on the CPU.
     kv_allocator: Option<Allocator>,
+    /// The batch cache, once a batch asked for one (see [`batch`]).
+    batch: Option<batch::BatchKv>,
     report: ProviderReport,
 }
 
@@ -148,6 +151,7 @@ impl OnnxDecoder {
             )
             .map_err(Error::ort_load(&path))?,
             kv_allocator: None,
+            batch: None,
             report,
         };
         if engine.report.provider.is_gpu() {

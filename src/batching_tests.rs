@@ -1,0 +1,239 @@
+use std::collections::VecDeque;
+
+use super::*;
+use crate::testing::{Letters, ScriptedModel};
+
+const VOCAB: usize = 40;
+const EOS: [u32; 1] = [39];
+
+/// A model whose next token hashes the whole cached sequence, so any cache mix-up shows.
+fn model(context: usize) -> ScriptedModel {
+    let mut m = ScriptedModel::new((0..VOCAB as u32).collect(), context);
+    m.whole_history = true;
+    m
+}
+
+fn alone(context: usize, prompt: &[u32], cfg: &GenerationConfig) -> Generation {
+    let mut m = model(context);
+    Generator::new(&mut m)
+        .generate(&Letters, prompt, cfg, &EOS, &mut |_| true)
+        .unwrap()
+}
+
+/// Runs every job through a batcher of `slots` slots, admitting the next job whenever a slot
+/// is free; returns the results in job order and the number of batched passes.
+fn batched(
+    m: &mut ScriptedModel,
+    slots: usize,
+    jobs: &[(Vec<u32>, GenerationConfig)],
+) -> (Vec<Result<Generation>>, usize) {
+    let mut out: Vec<Option<Result<Generation>>> = jobs.iter().map(|_| None).collect();
+    let mut queue: VecDeque<usize> = (0..jobs.len()).collect();
+    let mut b = Batcher::new(slots, &EOS, Vec::new()).unwrap();
+    let mut passes = 0;
+    loop {
+        while b.free() > 0 {
+            let Some(i) = queue.pop_front() else { break };
+            let (prompt, cfg) = &jobs[i];
+            if let Some((tag, r)) = b.admit(m, &Letters, prompt, cfg, Box::new(|_| true), i) {
+                out[tag] = Some(r);
+            }
+        }
+        if b.running() == 0 {
+            break;
+        }
+        passes += 1;
+        for (tag, r) in b.step(m, &Letters) {
+            out[tag] = Some(r);
+        }
+    }
+    (out.into_iter().map(Option::unwrap).collect(), passes)
+}
+
+fn jobs() -> Vec<(Vec<u32>, GenerationConfig)> {
+    (0..9u32)
+        .map(|i| {
+            let prompt: Vec<u32> = (0..3 + 2 * i).map(|k| (k * 7 + i) % 30).collect();
+            let cfg = GenerationConfig::default().with_max_new_tokens(4 + (i as usize * 5) % 13);
+            (prompt, cfg)
+        })
+        .collect()
+}
+
+#[test]
+fn every_sequence_in_a_batch_equals_the_sequence_alone() {
+    let jobs = jobs();
+    let mut m = model(128);
+    let (results, passes) = batched(&mut m, 3, &jobs);
+    let mut alone_passes = 0;
+    for ((prompt, cfg), got) in jobs.iter().zip(results) {
+        let want = alone(128, prompt, cfg);
+        let got = got.unwrap();
+        assert_eq!(got.tokens, want.tokens, "prompt {prompt:?}");
+        assert_eq!(got.text, want.text);
+        assert_eq!(got.finish_reason, want.finish_reason);
+        alone_passes += want.tokens.len().saturating_sub(1);
+    }
+    // Sequences shared passes: fewer than one pass per token.
+    assert!(
+        passes < alone_passes,
+        "{passes} passes against {alone_passes}"
+    );
+    assert!(m.batch_calls.iter().all(|&s| s == 3));
+}
+
+#[test]
+fn eos_stop_strings_and_the_context_end_a_sequence_as_they_do_alone() {
+    // A small context: long budgets end by ContextFull, some by EOS or a stop string.
+    let mut jobs = jobs();
+    for (i, (_, cfg)) in jobs.iter_mut().enumerate() {
+        *cfg = cfg.clone().with_max_new_tokens(100);
+        if i % 3 == 0 {
+            cfg.stop = vec!["k".into()];
+        }
+    }
+    let mut m = model(24);
+    let (results, _) = batched(&mut m, 4, &jobs);
+    let mut reasons = std::collections::HashSet::new();
+    for ((prompt, cfg), got) in jobs.iter().zip(results) {
+        let want = alone(24, prompt, cfg);
+        let got = got.unwrap();
+        assert_eq!(
+            (&got.tokens, got.finish_reason),
+            (&want.tokens, want.finish_reason)
+        );
+        reasons.insert(format!("{:?}", got.finish_reason));
+    }
+    assert!(reasons.contains("ContextFull"), "{reasons:?}");
+}
+
+#[test]
+fn each_sequence_samples_with_its_own_settings_and_seed() {
+    // Soft logits: the draw depends on the seed.
+    let table: Vec<Vec<f32>> = (0..VOCAB)
+        .map(|t| {
+            (0..VOCAB)
+                .map(|k| ((t * 13 + k * 7) % 11) as f32 * 0.3)
+                .collect()
+        })
+        .collect();
+    let jobs: Vec<(Vec<u32>, GenerationConfig)> = (0..6u64)
+        .map(|seed| {
+            let cfg = GenerationConfig::default()
+                .with_max_new_tokens(12)
+                .with_temperature(if seed == 2 { 0.0 } else { 1.0 })
+                .with_seed(seed);
+            (vec![1, 2, 3 + seed as u32], cfg)
+        })
+        .collect();
+    let mut m = ScriptedModel::with_table(table.clone(), 64);
+    let (results, _) = batched(&mut m, 4, &jobs);
+    for ((prompt, cfg), got) in jobs.iter().zip(results) {
+        let mut single = ScriptedModel::with_table(table.clone(), 64);
+        let want = Generator::new(&mut single)
+            .generate(&Letters, prompt, cfg, &EOS, &mut |_| true)
+            .unwrap();
+        assert_eq!(got.unwrap().tokens, want.tokens, "seed {:?}", cfg.seed);
+    }
+}
+
+#[test]
+fn a_cancelled_sequence_frees_its_slot_and_the_others_go_on() {
+    let jobs = jobs();
+    let mut m = model(128);
+    let mut b = Batcher::new(2, &EOS, Vec::new()).unwrap();
+    let cfg = GenerationConfig::default().with_max_new_tokens(30);
+    let mut pieces = 0;
+    let quitter: OnText<'_> = Box::new(move |piece: &str| {
+        pieces += usize::from(!piece.is_empty());
+        pieces < 3
+    });
+    assert!(b
+        .admit(&mut m, &Letters, &jobs[0].0, &cfg, quitter, 0)
+        .is_none());
+    assert!(b
+        .admit(&mut m, &Letters, &jobs[1].0, &cfg, Box::new(|_| true), 1)
+        .is_none());
+    // No third slot.
+    let (tag, full) = b
+        .admit(&mut m, &Letters, &jobs[2].0, &cfg, Box::new(|_| true), 2)
+        .unwrap();
+    assert_eq!(tag, 2);
+    assert!(full.unwrap_err().to_string().contains("slot"));
+    let mut ended = Vec::new();
+    while b.running() > 0 {
+        ended.extend(b.step(&mut m, &Letters));
+        if ended.len() == 1 {
+            assert_eq!(b.free(), 1, "the cancelled sequence still holds its slot");
+        }
+    }
+    let (first, cancelled) = &ended[0];
+    let cancelled = cancelled.as_ref().unwrap();
+    assert_eq!(
+        (*first, cancelled.finish_reason),
+        (0, FinishReason::Cancelled)
+    );
+    // Alone, the same callback stops the sequence at the same token.
+    let mut single = model(128);
+    let mut pieces = 0;
+    let want = Generator::new(&mut single)
+        .generate(&Letters, &jobs[0].0, &cfg, &EOS, &mut |piece: &str| {
+            pieces += usize::from(!piece.is_empty());
+            pieces < 3
+        })
+        .unwrap();
+    assert_eq!(
+        (&cancelled.text, &cancelled.tokens),
+        (&want.text, &want.tokens)
+    );
+    assert!(cancelled.tokens.len() < 10);
+    let (second, rest) = &ended[1];
+    let want = alone(128, &jobs[1].0, &cfg);
+    assert_eq!((*second, &rest.as_ref().unwrap().tokens), (1, &want.tokens));
+}
+
+#[test]
+fn a_shared_prompt_prefix_runs_once_across_admissions() {
+    let base: Vec<u32> = (0..12).map(|k| (k * 5) % 30).collect();
+    let jobs: Vec<(Vec<u32>, GenerationConfig)> = (0..3u32)
+        .map(|i| {
+            let mut p = base.clone();
+            p.extend([i, i + 1]);
+            (p, GenerationConfig::default().with_max_new_tokens(6))
+        })
+        .collect();
+    let mut m = model(128);
+    let (results, _) = batched(&mut m, 3, &jobs);
+    let reused: Vec<usize> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().reused_prompt_tokens)
+        .collect();
+    assert_eq!(reused, vec![0, 12, 12]);
+    // Prefill passes: the whole first prompt, then only the two new tokens of the others.
+    let prefills: Vec<(usize, usize)> = m.calls.clone();
+    assert_eq!(prefills, vec![(0, 14), (12, 2), (12, 2)]);
+    for ((prompt, cfg), got) in jobs.iter().zip(results) {
+        assert_eq!(got.unwrap().tokens, alone(128, prompt, cfg).tokens);
+    }
+}
+
+#[test]
+fn bad_requests_come_back_with_their_tag() {
+    let mut m = model(16);
+    assert!(Batcher::<()>::new(0, &EOS, Vec::new()).is_err());
+    let mut b = Batcher::new(2, &EOS, Vec::new()).unwrap();
+    let cfg = GenerationConfig::default();
+    let too_long: Vec<u32> = vec![1; 20];
+    let (tag, r) = b
+        .admit(&mut m, &Letters, &too_long, &cfg, Box::new(|_| true), 7)
+        .unwrap();
+    assert_eq!(tag, 7);
+    assert!(matches!(r, Err(Error::ContextOverflow { .. })));
+    assert_eq!(b.free(), 2);
+    // A huge budget is bounded by the context, not allocated.
+    let cfg = cfg.with_max_new_tokens(usize::MAX / 2);
+    assert!(b
+        .admit(&mut m, &Letters, &[1, 2], &cfg, Box::new(|_| true), 8)
+        .is_none());
+    assert_eq!(b.positions, 16);
+}

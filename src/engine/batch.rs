@@ -1,0 +1,225 @@
+//! Batched decoding on the engine: a second set of shared KV buffers, `[slots, kv_heads,
+//! positions, head]` per layer, bound as both past input and present output like the
+//! single-sequence ones.
+//!
+//! Rows are ragged and right-padded, the layout onnxruntime-genai's GroupQueryAttention
+//! models use: slot `s` holds its sequence at positions `0..past[s]`, its attention-mask row
+//! has `past[s] + 1` ones then zeros, so the graph's `seqlens_k` (mask sum minus one) tells
+//! GroupQueryAttention where the new token goes and what it attends to, per row, and the rotary
+//! position is the row's own. A slot's prompt is run alone in the single-sequence buffers and
+//! copied into its slot (`load_slot`): a memcpy per layer and head.
+//!
+//! CPU only for now: the copy reads and writes host memory.
+
+use ort::value::{DynTensor, TensorElementType};
+
+use super::session::int_tensor;
+use super::{InputRole, KvStorage, OnnxDecoder};
+use crate::error::{Error, Result};
+use crate::model::BatchModel;
+
+/// The batch cache and its binding.
+pub(super) struct BatchKv {
+    buffers: Vec<DynTensor>,
+    slots: usize,
+    positions: usize,
+    binding: Box<ort::session::IoBinding>,
+}
+
+impl OnnxDecoder {
+    fn can_batch(&self) -> Result<()> {
+        if self.kv_allocator.is_some() || self.report.provider.is_gpu() {
+            return Err(Error::invalid(format!(
+                "batched decoding runs on the CPU provider only, not {}; use a batch size of 1",
+                self.report.provider
+            )));
+        }
+        if !matches!(self.kv, KvStorage::Shared { .. }) {
+            return Err(Error::invalid(
+                "batched decoding needs a shared-buffer (GroupQueryAttention) model; re-export the folder, or use a batch size of 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Copies `rows` runs of `run` elements from `src` (row stride `src_stride`) to `dst` (row
+/// stride `dst_stride`), both as `T`.
+fn copy_runs<T: ort::value::PrimitiveTensorElementType + Copy>(
+    src: &DynTensor,
+    dst: &mut DynTensor,
+    runs: impl Iterator<Item = (usize, usize)>,
+    run: usize,
+) -> Result<()> {
+    let (_, from) = src.try_extract_tensor::<T>().map_err(Error::ort_run)?;
+    let (_, to) = dst.try_extract_tensor_mut::<T>().map_err(Error::ort_run)?;
+    for (s, d) in runs {
+        to[d..d + run].copy_from_slice(&from[s..s + run]);
+    }
+    Ok(())
+}
+
+fn copy_kv(
+    dtype: TensorElementType,
+    src: &DynTensor,
+    dst: &mut DynTensor,
+    runs: impl Iterator<Item = (usize, usize)>,
+    run: usize,
+) -> Result<()> {
+    match dtype {
+        TensorElementType::Float16 => copy_runs::<half::f16>(src, dst, runs, run),
+        _ => copy_runs::<f32>(src, dst, runs, run),
+    }
+}
+
+impl BatchModel for OnnxDecoder {
+    fn reserve_batch(&mut self, slots: usize, positions: usize) -> Result<()> {
+        self.can_batch()?;
+        if let Some(b) = &self.batch {
+            if b.slots == slots && b.positions >= positions {
+                return Ok(());
+            }
+        }
+        let positions = positions.min(self.context_length).max(1);
+        let mut buffers = (0..self.present_names.len())
+            .map(|_| {
+                DynTensor::new(
+                    self.session.allocator(),
+                    self.kv_dtype,
+                    [slots, self.kv_heads, positions, self.head_size],
+                )
+                .map_err(Error::ort_run)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Keep what the slots hold: each (slot, head) run of positions moves to its new stride.
+        if let Some(old) = self.batch.take() {
+            let (h, d) = (self.kv_heads, self.head_size);
+            let keep = old.slots.min(slots);
+            let run = old.positions.min(positions) * d;
+            for (src, dst) in old.buffers.iter().zip(buffers.iter_mut()) {
+                let runs = (0..keep * h).map(|sh| (sh * old.positions * d, sh * positions * d));
+                copy_kv(self.kv_dtype, src, dst, runs, run)?;
+            }
+        }
+        let mut binding = self.session.create_binding().map_err(Error::ort_run)?;
+        for (slot, buffer) in buffers.iter_mut().enumerate() {
+            binding
+                .bind_input(self.past_input_name(slot), &*buffer)
+                .map_err(Error::ort_run)?;
+            binding
+                .bind_output(self.present_names[slot].as_str(), &mut *buffer)
+                .map_err(Error::ort_run)?;
+        }
+        self.batch = Some(BatchKv {
+            buffers,
+            slots,
+            positions,
+            binding: Box::new(binding),
+        });
+        Ok(())
+    }
+
+    fn load_slot(&mut self, slot: usize, len: usize) -> Result<()> {
+        let KvStorage::Shared {
+            _buffers: single,
+            capacity,
+            ..
+        } = &self.kv
+        else {
+            return Err(Error::invalid(
+                "batched decoding needs a shared-buffer model",
+            ));
+        };
+        let Some(batch) = self.batch.as_mut() else {
+            return Err(Error::invalid("load_slot before reserve_batch"));
+        };
+        if slot >= batch.slots || len > batch.positions || len > *capacity {
+            return Err(Error::invalid(format!(
+                "slot {slot} of {} cannot take {len} positions ({} per slot)",
+                batch.slots, batch.positions
+            )));
+        }
+        let (h, d, cap) = (self.kv_heads, self.head_size, *capacity);
+        for (src, dst) in single.iter().zip(batch.buffers.iter_mut()) {
+            let runs =
+                (0..h).map(|head| (head * cap * d, ((slot * h) + head) * batch.positions * d));
+            copy_kv(self.kv_dtype, src, dst, runs, len * d)?;
+        }
+        Ok(())
+    }
+
+    fn forward_batch(&mut self, tokens: &[u32], past: &[usize]) -> Result<&mut [f32]> {
+        let Some(batch) = self.batch.as_ref() else {
+            return Err(Error::invalid("forward_batch before reserve_batch"));
+        };
+        let slots = batch.slots;
+        if tokens.len() != slots || past.len() != slots {
+            return Err(Error::invalid(format!(
+                "a batched pass takes one token per slot ({slots})"
+            )));
+        }
+        let width = past.iter().max().copied().unwrap_or(0) + 1;
+        if width > batch.positions {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: width,
+                context_length: batch.positions,
+            });
+        }
+        let allocator = self.session.allocator();
+        let mut inputs = Vec::with_capacity(3);
+        for (index, role) in self.roles.iter().enumerate() {
+            let value = match *role {
+                InputRole::InputIds => int_tensor(
+                    allocator,
+                    TensorElementType::Int64,
+                    &[slots, 1],
+                    tokens.iter().map(|&t| t as i64),
+                )?,
+                // Right-padded: row s sees its first past[s] + 1 positions.
+                InputRole::AttentionMask(dtype) => int_tensor(
+                    allocator,
+                    dtype,
+                    &[slots, width],
+                    past.iter()
+                        .flat_map(|&p| (0..width).map(move |k| i64::from(k <= p))),
+                )?,
+                InputRole::PositionIds(dtype) => int_tensor(
+                    allocator,
+                    dtype,
+                    &[slots, 1],
+                    past.iter().map(|&p| p as i64),
+                )?,
+                InputRole::LogitsToKeep => int_tensor(
+                    allocator,
+                    TensorElementType::Int64,
+                    &[1],
+                    std::iter::once(1),
+                )?,
+                InputRole::Past(_) => continue,
+            };
+            inputs.push((index, value));
+        }
+        let batch = self.batch.as_mut().expect("checked above");
+        for (index, value) in &inputs {
+            batch
+                .binding
+                .bind_input(self.input_names[*index].as_str(), value)
+                .map_err(Error::ort_run)?;
+        }
+        batch
+            .binding
+            .bind_output_to_device(self.logits_name.as_str(), &self.cpu_output)
+            .map_err(Error::ort_run)?;
+        let mut outputs = self
+            .session
+            .run_binding(&batch.binding)
+            .map_err(Error::ort_run)?;
+        let logits = outputs
+            .remove(&self.logits_name)
+            .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
+        drop(outputs);
+        self.logit_rows = slots;
+        self.copy_last_logits(&logits)?;
+        Ok(&mut self.logits[..slots * self.vocab_size])
+    }
+}

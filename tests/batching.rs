@@ -1,0 +1,117 @@
+//! Continuous batching on the real default model and real ONNX Runtime: every correction of
+//! the benchmark workload, run in a batch of slots of different lengths, against the same
+//! correction run alone with plain greedy decoding.
+
+mod common;
+
+use aligner::{Aligner, GenerationConfig, LoadOptions};
+use common::*;
+
+fn trained_model() -> std::path::PathBuf {
+    let p = root().join("models/smollm2-135m-aligner-int8");
+    assert!(p.join("model.onnx").is_file(), "run `make model`");
+    p
+}
+
+fn load() -> Aligner {
+    let ort =
+        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    Aligner::load(
+        trained_model(),
+        &LoadOptions::default().with_ort_lib(ort).with_threads(2),
+    )
+    .unwrap()
+}
+
+fn workload() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(root().join("benches/workloads/corrections.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("question"), s("answer"))
+        })
+        .collect()
+}
+
+/// Runs every pair through a batch of `slots`, admitting the next pair as a slot frees.
+fn batched(
+    model: &mut Aligner,
+    slots: usize,
+    pairs: &[(String, String)],
+    configs: &[GenerationConfig],
+) -> Vec<aligner::Generation> {
+    let mut out: Vec<Option<aligner::Generation>> = pairs.iter().map(|_| None).collect();
+    let mut batch = model.batch(slots).unwrap();
+    let mut next = 0;
+    let mut peak = 0;
+    loop {
+        while batch.free() > 0 && next < pairs.len() {
+            let (q, a) = &pairs[next];
+            let admitted =
+                batch.admit_correction(None, q, a, &configs[next], Box::new(|_| true), next);
+            if let Some((i, r)) = admitted {
+                out[i] = Some(r.unwrap());
+            }
+            next += 1;
+        }
+        peak = peak.max(batch.running());
+        if batch.running() == 0 {
+            break;
+        }
+        for (i, r) in batch.step() {
+            out[i] = Some(r.unwrap());
+        }
+    }
+    assert_eq!(peak, slots, "the batch never filled");
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[test]
+fn greedy_rows_in_a_batch_equal_the_rows_alone() {
+    let mut model = load();
+    let pairs = workload();
+    // Budgets differ per row so that rows end at different steps and free slots are refilled.
+    let configs: Vec<GenerationConfig> = (0..pairs.len())
+        .map(|i| {
+            model
+                .generation_defaults()
+                .with_temperature(0.0)
+                .with_copy_drafts(false)
+                .with_max_new_tokens(24 + (i * 11) % 40)
+        })
+        .collect();
+    let alone: Vec<_> = pairs
+        .iter()
+        .zip(&configs)
+        .map(|((q, a), c)| model.correct(q, a, c, &mut |_| true).unwrap())
+        .collect();
+    for slots in [4, 7] {
+        let in_batch = batched(&mut model, slots, &pairs, &configs);
+        let exact = alone
+            .iter()
+            .zip(&in_batch)
+            .filter(|(a, b)| a.tokens == b.tokens && a.text == b.text)
+            .count();
+        eprintln!(
+            "batch of {slots}: {exact}/{} rows token-for-token equal to the row alone",
+            pairs.len()
+        );
+        for (a, b) in alone.iter().zip(&in_batch) {
+            // A near-tie in the kernels may flip a late token; the start of every row agrees.
+            let same = a
+                .tokens
+                .iter()
+                .zip(&b.tokens)
+                .take_while(|(x, y)| x == y)
+                .count();
+            assert!(same >= 8.min(a.tokens.len()), "{:?} / {:?}", a.text, b.text);
+            assert_eq!(b.prompt_tokens, a.prompt_tokens);
+        }
+        assert!(
+            exact + 1 >= pairs.len(),
+            "only {exact}/{} rows equal",
+            pairs.len()
+        );
+    }
+}
