@@ -233,7 +233,12 @@ pub struct ServeArgs {
     /// Model sessions generating in parallel.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Requests that may wait for a free worker; beyond that the server answers 429.
+    /// Requests each worker decodes together (continuous batching: a queued request takes a
+    /// slot as soon as one frees). 1 runs requests one by one with copy drafts. Default: 8 on
+    /// the CPU, 1 on a GPU.
+    #[arg(long, value_name = "B")]
+    pub batch_size: Option<usize>,
+    /// Requests that may wait for a free slot; beyond that the server answers 429.
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
     /// Require `Authorization: Bearer KEY` on /v1/* (or set ALIGNER_API_KEY).
@@ -328,9 +333,14 @@ pub struct BatchArgs {
     /// Process only input lines whose number is I modulo N (0-based), e.g. 3/8.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Model sessions working in parallel (default: one per core).
+    /// Model sessions working in parallel (default: one per core, one thread each).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Rows each session decodes together (continuous batching: a finished row's slot takes
+    /// the next row at once). 1 runs rows one by one with copy drafts. Default: 16 on the CPU,
+    /// 1 on a GPU.
+    #[arg(long, value_name = "B")]
+    pub batch_size: Option<usize>,
     /// fsync the output every N rows (rows are flushed to the OS as they finish).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sync_every: usize,

@@ -8,6 +8,7 @@ use anyhow::Result;
 use aligner::{Aligner, GenerationConfig};
 
 use super::args::{cores, GenArgs, ModelArgs};
+use super::errors::usage;
 
 /// Models loaded for `n` workers, with what they need to run and to be reloaded.
 pub struct Workers {
@@ -63,4 +64,32 @@ pub fn load(args: &ModelArgs, dir: &Path) -> Result<Aligner> {
         eprintln!("aligner: warning: {warning}");
     }
     Ok(aligner)
+}
+
+/// The batch size to run: the flag's, checked against what the model can do, or `default` on
+/// the CPU and 1 on a GPU (where batched decoding does not run yet).
+pub fn batch_size(model: &mut Aligner, flag: Option<usize>, default: usize) -> Result<usize> {
+    check_batch_size(flag)?;
+    let slots = match flag {
+        Some(n) => n,
+        None if model.provider().provider.is_gpu() => 1,
+        None => default,
+    };
+    if slots > 1 {
+        if let Err(e) = model.batch::<()>(slots) {
+            return usage(format!("--batch-size {slots}: {e}"));
+        }
+    }
+    Ok(slots)
+}
+
+/// Refuses a `--batch-size` out of range, before anything is loaded.
+pub fn check_batch_size(flag: Option<usize>) -> Result<()> {
+    let max = aligner::batching::MAX_SLOTS;
+    match flag {
+        Some(n) if n == 0 || n > max => usage(format!(
+            "--batch-size {n} is out of range; use 1 (no batching) to {max}"
+        )),
+        _ => Ok(()),
+    }
 }

@@ -6,13 +6,15 @@
 //! `OUT.rejects.jsonl` with the reason, and the run goes on. `--shard i/n` takes the lines whose
 //! number is `i` modulo `n`, so `n` machines can split one file without coordination.
 //!
-//! Throughput: `--workers` model sessions (default: one per core, one thread each) run rows in
-//! parallel; a feeder thread reads the input and the main thread writes results.
+//! Throughput: each of `--workers` model sessions decodes up to `--batch-size` rows together
+//! (continuous batching, see [`slots`]); by default there is a session per core, one thread
+//! each. With `--batch-size 1` the sessions take rows one by one, with copy drafts. A feeder thread reads the input and the main thread writes results.
 
 mod input;
 mod outputs;
 mod resume;
 mod rows;
+mod slots;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -27,8 +29,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::args::{cores, BatchArgs, Format, Task};
 use super::errors::{panic_message, usage};
-use super::workers::{load_workers, Workers};
+use super::workers::{batch_size, check_batch_size, load_workers, Workers};
 use outputs::{open_outputs, Outputs};
+
+/// Slots per session on the CPU, chosen by measurement (benches/batch_throughput.py, README
+/// "Batched decoding"): 16 slots on a session per core gave the most rows/s at 32 and 160 new
+/// tokens on 2 cores; more only adds KV memory.
+const BATCH_SLOTS: usize = 16;
 
 /// `i/n` with `i < n`.
 pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
@@ -100,39 +107,48 @@ fn work(
             Task::Answer => model.answer(s.system, &row.question, &s.config, &mut |_| true),
             Task::Correct => model.correct(&row.question, &row.answer, &s.config, &mut |_| true),
         }));
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let outcome = match result {
-            Ok(Ok(g)) => {
-                let meta = rows::Meta {
-                    line: row.line,
-                    hash: &row.hash,
-                    finish_reason: g.finish_reason.as_str(),
-                    prompt_tokens: g.prompt_tokens,
-                    completion_tokens: g.tokens.len(),
-                    latency_ms: (latency_ms * 10.0).round() / 10.0,
-                    template: s.template,
-                    model: s.model_name,
-                    answer: (s.task == Task::Answer).then_some(rows::AnswerMeta {
-                        task: "answer",
-                        system: s.system,
-                    }),
-                };
-                let out_row =
-                    rows::OutputRow::new(s.format, s.task, &row.question, &row.answer, &g, meta);
-                match rows::line(&out_row) {
-                    Ok(text) => Outcome::Row(text),
-                    Err(e) => reject(row.line, &row.hash, e, row.question.as_bytes()),
-                }
-            }
-            Ok(Err(e)) => reject(row.line, &row.hash, e.to_string(), row.question.as_bytes()),
-            Err(panic) => {
-                let cause = panic_message(panic.as_ref());
-                let reason = format!("internal error ({cause}); please report this row");
-                reject(row.line, &row.hash, reason, row.question.as_bytes())
-            }
-        };
-        if out.send(outcome).is_err() {
+        let result = result.map_err(|panic| panic_message(panic.as_ref()));
+        if out.send(outcome(&row, result, started, s)).is_err() {
             break;
+        }
+    }
+}
+
+/// The output row (or the reject) for a finished row; `Err` carries a panic's message.
+fn outcome(
+    row: &Row,
+    result: std::result::Result<aligner::Result<aligner::Generation>, String>,
+    started: Instant,
+    s: &WorkSettings<'_>,
+) -> Outcome {
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    match result {
+        Ok(Ok(g)) => {
+            let meta = rows::Meta {
+                line: row.line,
+                hash: &row.hash,
+                finish_reason: g.finish_reason.as_str(),
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.tokens.len(),
+                latency_ms: (latency_ms * 10.0).round() / 10.0,
+                template: s.template,
+                model: s.model_name,
+                answer: (s.task == Task::Answer).then_some(rows::AnswerMeta {
+                    task: "answer",
+                    system: s.system,
+                }),
+            };
+            let out_row =
+                rows::OutputRow::new(s.format, s.task, &row.question, &row.answer, &g, meta);
+            match rows::line(&out_row) {
+                Ok(text) => Outcome::Row(text),
+                Err(e) => reject(row.line, &row.hash, e, row.question.as_bytes()),
+            }
+        }
+        Ok(Err(e)) => reject(row.line, &row.hash, e.to_string(), row.question.as_bytes()),
+        Err(cause) => {
+            let reason = format!("internal error ({cause}); please report this row");
+            reject(row.line, &row.hash, reason, row.question.as_bytes())
         }
     }
 }
@@ -146,6 +162,7 @@ fn check_flags(args: &BatchArgs) -> Result<(usize, usize)> {
     if args.workers == Some(0) {
         return usage("--workers must be at least 1");
     }
+    check_batch_size(args.batch_size)?;
     if args.max_row_bytes == 0 {
         return usage("--max-row-bytes must be at least 1");
     }
@@ -189,14 +206,17 @@ pub fn run(args: BatchArgs) -> Result<()> {
     } = open_outputs(&args, (shard, shards))?;
     let already = done.len();
 
+    // A session per core, one thread each, with or without batching: its prompt passes run
+    // in parallel, which beat one session of two threads (benches/batch_throughput.py).
     let workers = args.workers.unwrap_or(cores()).max(1);
     let Workers {
-        models,
+        mut models,
         config,
         dir,
         ..
     } = load_workers(&args.model, &args.gen, workers)?;
     let template = models[0].template()?;
+    let slots = batch_size(&mut models[0], args.batch_size, BATCH_SLOTS)?;
 
     let bar = progress_bar(pending);
 
@@ -221,7 +241,10 @@ pub fn run(args: BatchArgs) -> Result<()> {
             scope.spawn(move || feed(args_ref, shard, shards, done_ref, task_tx, feeder_out));
         for mut model in models {
             let (rows_in, out, settings) = (Arc::clone(&task_rx), out_tx.clone(), &settings);
-            scope.spawn(move || work(&mut model, &rows_in, &out, settings));
+            scope.spawn(move || match slots {
+                1 => work(&mut model, &rows_in, &out, settings),
+                n => slots::work(&mut model, n, &rows_in, &out, settings),
+            });
         }
         // Only the workers may hold the task queue: when they stop (the writer failed), the
         // feeder's next send fails instead of blocking for ever on a full queue.
@@ -236,7 +259,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "aligner batch: {rows} {}, {rejected} rejected ({}), {already} already done; {:.1} s, {:.2} rows/s, {workers} worker(s)",
+            "aligner batch: {rows} {}, {rejected} rejected ({}), {already} already done; {:.1} s, {:.2} rows/s, {workers} worker(s) x {slots} slot(s)",
             if args.task == Task::Answer { "answered" } else { "corrected" },
             rejects.display(),
             secs,

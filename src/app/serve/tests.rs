@@ -84,7 +84,7 @@ fn start(queue: usize, gate_open: bool) -> Server {
     }
     let reload = Arc::clone(&gate);
     let loader: Loader = Box::new(move || Ok(Box::new(Echo(Arc::clone(&reload))) as _));
-    let pool = Pool::start(vec![Box::new(Echo(Arc::clone(&gate)))], queue, loader).unwrap();
+    let pool = Pool::start(vec![Box::new(Echo(Arc::clone(&gate)))], queue, 1, loader).unwrap();
     let in_flight = Arc::new(InFlight::default());
     let state = Arc::new(AppState {
         pool: Arc::clone(&pool),

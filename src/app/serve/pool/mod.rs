@@ -10,8 +10,16 @@
 //! replaced by a freshly loaded one (a panic may leave it mid-pass). A worker whose model cannot
 //! be reloaded stops, and the pool reports it (`/health` says `degraded`, or `down`).
 //!
+//! With `slots > 1`, a worker whose corrector can batch ([`Corrector::batch`]) keeps up to
+//! `slots` jobs decoding together and takes the next queued job as soon as one finishes
+//! (continuous batching, see [`batched`]); each job keeps its own settings, seed, stream and
+//! cancellation.
+//!
 //! The pool runs anything that implements [`Corrector`], so its behaviour is unit-tested with
 //! scripted workers, no model needed.
+
+mod batched;
+pub use batched::JobBatch;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,6 +39,11 @@ pub trait Corrector: Send {
         job: &Job,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation, aligner::Error>;
+
+    /// A batch of `slots` jobs decoding together, when this corrector can batch.
+    fn batch(&mut self, _slots: usize) -> Option<Box<dyn JobBatch + '_>> {
+        None
+    }
 }
 
 impl Corrector for Aligner {
@@ -44,6 +57,10 @@ impl Corrector for Aligner {
             None => self.template()?,
         };
         self.correct_with_template(template, &job.question, &job.answer, &job.config, on_text)
+    }
+
+    fn batch(&mut self, slots: usize) -> Option<Box<dyn JobBatch + '_>> {
+        batched::aligner_batch(self, slots)
     }
 }
 
@@ -74,6 +91,8 @@ pub struct Pool {
     queue: Mutex<Queue>,
     ready: Condvar,
     capacity: usize,
+    /// Jobs one worker runs at once (1: no batching).
+    slots: usize,
     busy: AtomicUsize,
     alive: AtomicUsize,
     restarts: AtomicUsize,
@@ -92,16 +111,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
-    /// Starts one worker per corrector; `capacity` jobs may wait beyond those running.
+    /// Starts one worker per corrector, each running up to `slots` jobs at once; `capacity`
+    /// jobs may wait beyond those running.
     pub fn start(
         workers: Vec<Box<dyn Corrector>>,
         capacity: usize,
+        slots: usize,
         loader: Loader,
     ) -> std::io::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
             capacity,
+            slots: slots.max(1),
             busy: AtomicUsize::new(0),
             alive: AtomicUsize::new(workers.len()),
             restarts: AtomicUsize::new(0),
@@ -128,7 +150,7 @@ impl Pool {
     pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
         let mut q = lock(&self.queue);
         let alive = self.alive();
-        let idle = alive.saturating_sub(self.busy());
+        let idle = (alive * self.slots).saturating_sub(self.busy());
         if q.closed || alive == 0 || q.jobs.len() >= self.capacity + idle {
             return Err(QueueFull);
         }
@@ -185,7 +207,41 @@ impl Pool {
         }
     }
 
+    /// A queued job if there is one, without waiting.
+    fn try_next_job(&self) -> Option<Job> {
+        let job = lock(&self.queue).jobs.pop_front()?;
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Some(job)
+    }
+
     fn work(&self, mut worker: Box<dyn Corrector>) {
+        loop {
+            let crashed = if self.slots > 1 {
+                self.work_batched(&mut *worker)
+            } else {
+                self.work_one_by_one(&mut *worker)
+            };
+            if !crashed {
+                return; // the queue closed
+            }
+            // The model may have stopped mid-pass: replace it before the next job.
+            match (self.loader)() {
+                Ok(fresh) => {
+                    worker = fresh;
+                    self.restarts.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    eprintln!("aligner: a worker crashed and could not be restarted: {e}");
+                    self.alive.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs jobs one at a time until the queue closes (false) or the worker panics (true,
+    /// after answering the job it was on).
+    fn work_one_by_one(&self, worker: &mut dyn Corrector) -> bool {
         while let Some(job) = self.next_job() {
             let events = job.events.clone();
             let mut cancelled = false;
@@ -201,49 +257,50 @@ impl Pool {
             };
             let outcome = if events.is_closed() {
                 cancelled = true;
-                Ok(Err(aligner::Error::Cancelled(
-                    "the client disconnected before its turn".into(),
-                )))
+                Ok(Err(gone_before_its_turn()))
             } else {
                 catch_unwind(AssertUnwindSafe(|| worker.correct(&job, &mut on_text)))
             };
             if cancelled {
                 self.cancelled.fetch_add(1, Ordering::SeqCst);
             }
-            let result = match outcome {
-                Ok(result) => result,
+            match outcome {
+                Ok(result) => self.answer(&job.events, result),
                 Err(payload) => {
-                    let cause = panic_message(payload.as_ref());
-                    let _ = job.events.send(JobEvent::Done(Err(aligner::Error::Inference(
-                        format!("the worker crashed on this request ({cause}); it has been restarted, please report the request"),
-                    ))));
-                    // The model may have stopped mid-pass: replace it before the next job.
-                    match (self.loader)() {
-                        Ok(fresh) => {
-                            worker = fresh;
-                            self.restarts.fetch_add(1, Ordering::SeqCst);
-                            self.busy.fetch_sub(1, Ordering::SeqCst);
-                            continue;
-                        }
-                        Err(e) => {
-                            eprintln!("aligner: a worker crashed and could not be restarted: {e}");
-                            self.alive.fetch_sub(1, Ordering::SeqCst);
-                            self.busy.fetch_sub(1, Ordering::SeqCst);
-                            return;
-                        }
-                    }
+                    self.answer(&job.events, Err(crashed(payload.as_ref())));
+                    return true;
                 }
-            };
-            // Free the slot before answering, so a client that reads /health right after its
-            // response never sees its own request still counted.
-            self.busy.fetch_sub(1, Ordering::SeqCst);
-            let _ = job.events.send(JobEvent::Done(result));
+            }
         }
+        false
+    }
+
+    /// Frees the job's slot, then sends its result. Freeing first means a client that reads
+    /// /health right after its response never sees its own request still counted.
+    fn answer(
+        &self,
+        events: &UnboundedSender<JobEvent>,
+        result: Result<Generation, aligner::Error>,
+    ) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        let _ = events.send(JobEvent::Done(result));
     }
 }
 
+fn gone_before_its_turn() -> aligner::Error {
+    aligner::Error::Cancelled("the client disconnected before its turn".into())
+}
+
+/// The error a request gets when its worker panicked.
+fn crashed(payload: &(dyn std::any::Any + Send)) -> aligner::Error {
+    let cause = panic_message(payload);
+    aligner::Error::Inference(format!(
+        "the worker crashed on this request ({cause}); it has been restarted, please report the request"
+    ))
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -267,7 +324,7 @@ mod tests {
         }
     }
 
-    fn job(question: &str) -> (Job, UnboundedReceiver<JobEvent>) {
+    pub(crate) fn job(question: &str) -> (Job, UnboundedReceiver<JobEvent>) {
         let (events, rx) = unbounded_channel();
         let job = Job {
             question: question.into(),
@@ -279,7 +336,7 @@ mod tests {
         (job, rx)
     }
 
-    fn done(mut rx: UnboundedReceiver<JobEvent>) -> String {
+    pub(crate) fn done(mut rx: UnboundedReceiver<JobEvent>) -> String {
         loop {
             match rx.blocking_recv() {
                 Some(JobEvent::Done(Err(e))) => return e.to_string(),
@@ -298,7 +355,7 @@ mod tests {
             counter.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(Scripted) as Box<dyn Corrector>)
         });
-        let pool = Pool::start(vec![Box::new(Scripted)], 4, loader).unwrap();
+        let pool = Pool::start(vec![Box::new(Scripted)], 4, 1, loader).unwrap();
         let (j, rx) = job("boom");
         pool.submit(j).ok().unwrap();
         let e = done(rx);
@@ -320,7 +377,7 @@ mod tests {
     #[test]
     fn a_worker_that_cannot_be_reloaded_is_reported_gone() {
         let loader: Loader = Box::new(|| Err("model folder vanished".into()));
-        let pool = Pool::start(vec![Box::new(Scripted)], 4, loader).unwrap();
+        let pool = Pool::start(vec![Box::new(Scripted)], 4, 1, loader).unwrap();
         let (j, rx) = job("boom");
         pool.submit(j).ok().unwrap();
         assert!(done(rx).contains("worker crashed"));
@@ -359,7 +416,7 @@ mod tests {
             }
         }
         let loader: Loader = Box::new(|| Ok(Box::new(Probing) as Box<dyn Corrector>));
-        let pool = Pool::start(vec![Box::new(Probing)], 4, loader).unwrap();
+        let pool = Pool::start(vec![Box::new(Probing)], 4, 1, loader).unwrap();
         let (j, rx) = job("long prompt");
         pool.submit(j).ok().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(30));

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""`aligner batch` rows/s: continuous batching against the previous best (sessions per core,
+rows one by one), on the same rows and settings, in one run.
+
+The rows are the benchmark workload's 16 correction pairs, repeated. Every setting runs once
+per round and the rounds interleave, so a slow stretch of a noisy machine hits all of them;
+each figure is the median over rounds. EOS is suppressed so that every row writes exactly
+`--new-tokens` tokens and the settings do the same work.
+
+    .venv/bin/python benches/batch_throughput.py --new-tokens 32 160 --rows 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / "target" / "release" / "aligner"
+ENV = dict(os.environ, VIRTUAL_ENV=str(ROOT / ".venv"))
+WORKLOAD = ROOT / "benches" / "workloads" / "corrections.jsonl"
+
+# name -> extra flags. The baseline is what `aligner batch` did before batching: one session
+# per core, one thread each, copy drafts on.
+SETTINGS = {
+    "sessions-2x1-rows-1by1": ["--workers", "2", "--threads", "1", "--batch-size", "1"],
+    "batch-8": ["--workers", "1", "--threads", "2", "--batch-size", "8"],
+    "batch-16": ["--workers", "1", "--threads", "2", "--batch-size", "16"],
+    "batch-32": ["--workers", "1", "--threads", "2", "--batch-size", "32"],
+    "2x1-batch-8": ["--workers", "2", "--threads", "1", "--batch-size", "8"],
+    "2x1-batch-16": ["--workers", "2", "--threads", "1", "--batch-size", "16"],
+    "2x1-batch-32": ["--workers", "2", "--threads", "1", "--batch-size", "32"],
+}
+BASELINE = "sessions-2x1-rows-1by1"
+
+
+def rows_file(tmp: Path, n: int) -> Path:
+    pairs = [json.loads(line) for line in WORKLOAD.read_text().splitlines() if line.strip()]
+    path = tmp / "rows.jsonl"
+    with path.open("w") as f:
+        for i in range(n):
+            p = pairs[i % len(pairs)]
+            f.write(json.dumps({"question": p["question"], "answer": p["answer"]}) + "\n")
+    return path
+
+
+def run(model: Path, rows: Path, out: Path, new_tokens: int, flags: list[str]) -> tuple[float, int]:
+    out.unlink(missing_ok=True)
+    Path(f"{out}.rejects.jsonl").unlink(missing_ok=True)
+    cmd = [str(BIN), "batch", str(rows), str(out), "--model", str(model), "--max-new-tokens",
+           str(new_tokens), "--suppress-eos", *flags]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env=ENV)
+    secs = time.perf_counter() - start
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    tokens = sum(r["meta"]["completion_tokens"] for r in written)
+    return len(written) / secs, tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-aligner-int8")
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, nargs="+", default=[32, 160])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    a = ap.parse_args()
+    if BASELINE not in a.settings:
+        a.settings.insert(0, BASELINE)
+    report: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        rows = rows_file(tmp, a.rows)
+        for new_tokens in a.new_tokens:
+            rates: dict[str, list[float]] = {s: [] for s in a.settings}
+            tokens: dict[str, int] = {}
+            for _ in range(a.rounds):
+                for name in a.settings:
+                    rate, n = run(a.model, rows, tmp / f"{name}.jsonl", new_tokens, SETTINGS[name])
+                    rates[name].append(rate)
+                    tokens[name] = n
+            base = statistics.median(rates[BASELINE])
+            print(f"\n{a.rows} rows, {new_tokens} new tokens each, median of {a.rounds} rounds")
+            print(f"{'setting':28} {'rows/s':>8} {'x baseline':>10} {'tokens':>8}")
+            figures = {}
+            for name in a.settings:
+                r = statistics.median(rates[name])
+                figures[name] = {"rows_s": round(r, 3), "over_baseline": round(r / base, 3),
+                                 "runs": [round(x, 3) for x in rates[name]], "tokens": tokens[name]}
+                print(f"{name:28} {r:8.2f} {r / base:10.2f} {tokens[name]:8d}")
+            report[str(new_tokens)] = figures
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
