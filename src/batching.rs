@@ -48,9 +48,16 @@ struct Running<'c, T> {
 /// Schedules sequences onto the slots of a [`BatchModel`]. `T` tags each sequence (a request,
 /// an input row) and comes back with its result. Every call takes the same model: the batcher
 /// holds the bookkeeping, the model holds the caches.
+///
+/// Running sequences always fill slots `0..running`: a finished one's slot takes the last
+/// sequence ([`BatchModel::move_slot`]). The model's batch is only as wide as needed (a power
+/// of two of at least the running count), so a lone sequence does not pay for empty slots.
 pub struct Batcher<'c, T> {
     eos_ids: Vec<u32>,
-    slots: Vec<Option<Running<'c, T>>>,
+    rows: Vec<Running<'c, T>>,
+    max_slots: usize,
+    /// Slots of the model's batch cache now (0 before the first admission).
+    width: usize,
     /// Positions per slot the batch cache holds now.
     positions: usize,
     /// The tokens whose KV the single-sequence cache holds (see [`Generator::resume`]).
@@ -69,22 +76,24 @@ impl<'c, T> Batcher<'c, T> {
         }
         Ok(Batcher {
             eos_ids: eos_ids.to_vec(),
-            slots: (0..slots).map(|_| None).collect(),
+            rows: Vec::with_capacity(slots),
+            max_slots: slots,
+            width: 0,
             positions: 0,
             cached,
-            tokens: vec![0; slots],
-            past: vec![0; slots],
+            tokens: Vec::with_capacity(slots),
+            past: Vec::with_capacity(slots),
         })
     }
 
     /// Slots with no sequence.
     pub fn free(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_none()).count()
+        self.max_slots - self.rows.len()
     }
 
     /// Sequences running.
     pub fn running(&self) -> usize {
-        self.slots.len() - self.free()
+        self.rows.len()
     }
 
     /// The tokens whose KV the single-sequence cache holds, for the next
@@ -105,9 +114,9 @@ impl<'c, T> Batcher<'c, T> {
         on_text: OnText<'c>,
         tag: T,
     ) -> Option<Finished<T>> {
-        let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
+        if self.free() == 0 {
             return Some((tag, Err(Error::invalid("every batch slot is taken"))));
-        };
+        }
         let mut generator = Generator::resume(&mut *model, std::mem::take(&mut self.cached));
         let started = match generator.start(prompt, config, &self.eos_ids, on_text) {
             Ok(Start::Running(s)) => s,
@@ -118,16 +127,6 @@ impl<'c, T> Batcher<'c, T> {
         let cached_len = generator.cursor.len();
         self.cached = generator.into_cached();
         let s = *started;
-        let needed = prompt
-            .len()
-            .saturating_add(s.sink.budget_left())
-            .min(model.context_length());
-        let loaded = self
-            .grow(model, needed)
-            .and_then(|()| model.load_slot(slot, cached_len));
-        if let Err(e) = loaded {
-            return Some((tag, Err(e)));
-        }
         let mut row = Running {
             tag,
             chooser: s.chooser,
@@ -139,27 +138,50 @@ impl<'c, T> Batcher<'c, T> {
             reused,
         };
         match row.sink.accept(decoder, row.next) {
-            Ok(None) => {
-                self.slots[slot] = Some(row);
+            Ok(None) => {}
+            Ok(Some(reason)) => return Some(row.finish(reason)),
+            Err(e) => return Some((row.tag, Err(e))),
+        }
+        let needed = prompt
+            .len()
+            .saturating_add(row.sink.budget_left() + 1)
+            .min(model.context_length());
+        let slot = self.rows.len();
+        let loaded = self
+            .fit(model, slot + 1, needed)
+            .and_then(|()| model.load_slot(slot, cached_len));
+        match loaded {
+            Ok(()) => {
+                self.rows.push(row);
                 None
             }
-            Ok(Some(reason)) => Some(row.finish(reason)),
             Err(e) => Some((row.tag, Err(e))),
         }
     }
 
-    /// Makes every slot hold at least `needed` positions (the model's context at most).
-    fn grow(&mut self, model: &mut impl BatchModel, needed: usize) -> Result<()> {
-        if needed <= self.positions {
-            return Ok(());
+    /// Resizes the model's batch cache for `running` sequences of up to `needed` positions:
+    /// wider at once when needed, narrower only when at most a quarter of it is used (or one
+    /// sequence is left), so a count that wavers does not copy the cache back and forth.
+    fn fit(&mut self, model: &mut impl BatchModel, running: usize, needed: usize) -> Result<()> {
+        let target = running.max(1).next_power_of_two().min(self.max_slots);
+        let width = if target > self.width || target * 4 <= self.width || running <= 1 {
+            target
+        } else {
+            self.width
+        };
+        let positions = if needed > self.positions {
+            needed
+                .div_ceil(POSITION_STEP)
+                .saturating_mul(POSITION_STEP)
+                .min(model.context_length())
+                .max(needed)
+        } else {
+            self.positions
+        };
+        if (width, positions) != (self.width, self.positions) {
+            model.reserve_batch(width, positions)?;
+            (self.width, self.positions) = (width, positions);
         }
-        let positions = needed
-            .div_ceil(POSITION_STEP)
-            .saturating_mul(POSITION_STEP)
-            .min(model.context_length())
-            .max(needed);
-        model.reserve_batch(self.slots.len(), positions)?;
-        self.positions = positions;
         Ok(())
     }
 
@@ -167,46 +189,67 @@ impl<'c, T> Batcher<'c, T> {
     /// that ended. A failed pass ends every running sequence with its error.
     pub fn step(&mut self, model: &mut impl BatchModel, decoder: &impl Decode) -> Vec<Finished<T>> {
         let mut done = Vec::new();
-        if self.running() == 0 {
+        if self.rows.is_empty() {
             return done;
         }
-        for (s, slot) in self.slots.iter_mut().enumerate() {
-            match slot {
-                Some(row) => {
-                    self.tokens[s] = row.next;
-                    self.past[s] = row.sink.history.len() - 1;
-                }
-                None => (self.tokens[s], self.past[s]) = (0, 0),
-            }
+        self.tokens.clear();
+        self.past.clear();
+        for row in &self.rows {
+            self.tokens.push(row.next);
+            self.past.push(row.sink.history.len() - 1);
         }
+        // Slots past the running ones hold nothing: any token at position 0.
+        self.tokens.resize(self.width, 0);
+        self.past.resize(self.width, 0);
         let logits = match model.forward_batch(&self.tokens, &self.past) {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
-                for slot in &mut self.slots {
-                    if let Some(row) = slot.take() {
-                        done.push((row.tag, Err(Error::Inference(message.clone()))));
-                    }
+                for row in self.rows.drain(..) {
+                    done.push((row.tag, Err(Error::Inference(message.clone()))));
                 }
                 return done;
             }
         };
-        let vocab = logits.len() / self.slots.len();
-        for (s, slot) in self.slots.iter_mut().enumerate() {
-            let Some(row) = slot else { continue };
+        let vocab = logits.len() / self.width;
+        let mut ended = Vec::new();
+        for (s, row) in self.rows.iter_mut().enumerate() {
             let row_logits = &mut logits[s * vocab..(s + 1) * vocab];
             row.next = row.chooser.choose(row_logits, &row.sink.history);
-            let ended = match row.sink.accept(decoder, row.next) {
+            let end = match row.sink.accept(decoder, row.next) {
                 Ok(None) if row.sink.history.len() > self.positions => {
                     Ok(Some(FinishReason::ContextFull))
                 }
                 Ok(None) if !row.sink.still_wanted() => Ok(Some(FinishReason::Cancelled)),
                 other => other,
             };
-            match ended {
+            match end {
                 Ok(None) => {}
-                Ok(Some(reason)) => done.extend(slot.take().map(|r| r.finish(reason))),
-                Err(e) => done.extend(slot.take().map(|r| (r.tag, Err(e)))),
+                Ok(Some(reason)) => ended.push((s, Ok(reason))),
+                Err(e) => ended.push((s, Err(e))),
+            }
+        }
+        // Highest slot first, so that each move takes a sequence that is still running.
+        for (s, end) in ended.into_iter().rev() {
+            let row = self.rows.swap_remove(s);
+            done.push(match end {
+                Ok(reason) => row.finish(reason),
+                Err(e) => (row.tag, Err(e)),
+            });
+            if s < self.rows.len() {
+                let len = self.rows[s].sink.history.len() - 1;
+                if let Err(e) = model.move_slot(self.rows.len(), s, len) {
+                    let message = e.to_string();
+                    for row in self.rows.drain(..) {
+                        done.push((row.tag, Err(Error::Inference(message.clone()))));
+                    }
+                    return done;
+                }
+            }
+        }
+        if let Err(e) = self.fit(model, self.rows.len(), self.positions) {
+            for row in self.rows.drain(..) {
+                done.push((row.tag, Err(Error::Inference(e.to_string()))));
             }
         }
         done

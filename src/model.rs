@@ -52,6 +52,10 @@ pub trait BatchModel: DecoderModel {
     /// Copies the first `len` positions of the single-sequence cache into `slot`.
     fn load_slot(&mut self, slot: usize, len: usize) -> Result<()>;
 
+    /// Copies the first `len` positions of slot `from` into slot `to` (a finished sequence's
+    /// slot takes the last running one, so running slots stay `0..n`).
+    fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()>;
+
     /// One token per slot: `tokens[s]` goes to position `past[s]` of slot `s` and attends to
     /// that slot's first `past[s]` positions. Returns `slots * vocab_size` logits, slot by slot.
     /// A slot with no sequence gets any token at position 0.

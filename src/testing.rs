@@ -145,6 +145,15 @@ impl BatchModel for ScriptedModel {
         self.slot_caches[slot] = self.cached[..len].to_vec();
         Ok(())
     }
+    fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        assert!(
+            len <= self.slot_caches[from].len(),
+            "moved positions that are not cached"
+        );
+        self.slot_caches[to] = self.slot_caches[from][..len].to_vec();
+        self.slot_caches[from].clear();
+        Ok(())
+    }
     fn forward_batch(&mut self, tokens: &[u32], past: &[usize]) -> Result<&mut [f32]> {
         let slots = self.slot_caches.len();
         assert_eq!((tokens.len(), past.len()), (slots, slots));

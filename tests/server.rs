@@ -292,13 +292,27 @@ fn long_request() -> Value {
 
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
-    let server = Server::start(&["--model", &model_arg(), "--workers", "1", "--queue", "0"]);
-    let url = server.url("/v1/correct");
-    let busy = std::thread::spawn(move || {
-        let body = json!({"question": QUESTION, "answer": "It boils.", "max_tokens": 300, "suppress_eos": true});
-        client().post(url).json(&body).send().unwrap().status()
-    });
-    wait_until("the worker to be busy", || health(&server)["busy"] == 1);
+    // One worker with two batch slots and no queue: two requests run, a third is refused.
+    let server = Server::start(&[
+        "--model",
+        &model_arg(),
+        "--workers",
+        "1",
+        "--batch-size",
+        "2",
+        "--queue",
+        "0",
+    ]);
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let url = server.url("/v1/correct");
+            std::thread::spawn(move || {
+                let body = json!({"question": QUESTION, "answer": "It boils.", "max_tokens": 300, "suppress_eos": true});
+                client().post(url).json(&body).send().unwrap().status()
+            })
+        })
+        .collect();
+    wait_until("both slots to be busy", || health(&server)["busy"] == 2);
     let refused = post(
         &server,
         "/v1/correct",
@@ -310,7 +324,9 @@ fn a_full_queue_answers_429_with_retry_after() {
         refused.json::<Value>().unwrap()["error"]["type"],
         "rate_limit_error"
     );
-    assert_eq!(busy.join().unwrap(), 200);
+    for b in busy {
+        assert_eq!(b.join().unwrap(), 200);
+    }
     assert!(
         metric(
             &server,

@@ -59,6 +59,19 @@ fn copy_runs<T: ort::value::PrimitiveTensorElementType + Copy>(
     Ok(())
 }
 
+/// Like [`copy_runs`] within one tensor.
+fn move_runs<T: ort::value::PrimitiveTensorElementType + Copy>(
+    t: &mut DynTensor,
+    runs: impl Iterator<Item = (usize, usize)>,
+    run: usize,
+) -> Result<()> {
+    let (_, data) = t.try_extract_tensor_mut::<T>().map_err(Error::ort_run)?;
+    for (s, d) in runs {
+        data.copy_within(s..s + run, d);
+    }
+    Ok(())
+}
+
 fn copy_kv(
     dtype: TensorElementType,
     src: &DynTensor,
@@ -144,6 +157,27 @@ impl BatchModel for OnnxDecoder {
             let runs =
                 (0..h).map(|head| (head * cap * d, ((slot * h) + head) * batch.positions * d));
             copy_kv(self.kv_dtype, src, dst, runs, len * d)?;
+        }
+        Ok(())
+    }
+
+    fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        let Some(batch) = self.batch.as_mut() else {
+            return Err(Error::invalid("move_slot before reserve_batch"));
+        };
+        if from.max(to) >= batch.slots || len > batch.positions {
+            return Err(Error::invalid(format!(
+                "cannot move {len} positions from slot {from} to {to} of {}",
+                batch.slots
+            )));
+        }
+        let (h, d, p) = (self.kv_heads, self.head_size, batch.positions);
+        for buffer in &mut batch.buffers {
+            let runs = (0..h).map(|head| ((from * h + head) * p * d, (to * h + head) * p * d));
+            match self.kv_dtype {
+                TensorElementType::Float16 => move_runs::<half::f16>(buffer, runs, len * d)?,
+                _ => move_runs::<f32>(buffer, runs, len * d)?,
+            }
         }
         Ok(())
     }
