@@ -74,7 +74,7 @@ def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namesp
                 break
             except OSError:
                 time.sleep(0.1)
-        body = lambda p: {"question": p["question"], "answer": p["answer"], "max_tokens": a.max_tokens}  # noqa: E731
+        body = lambda p: {"question": p["question"], "answer": p["answer"], "max_tokens": a.max_tokens}
         post(url, body(pairs[0]))  # warm-up
         lone = [post(url, body(p))[1] for p in pairs]
         results: list[tuple[int, float]] = []

@@ -183,6 +183,14 @@ fn serve_with_bad_settings() {
         &run(&["serve", "--workers", "0"]),
         "--workers must be at least 1",
     );
+    for (flag, value) in [("serve", "0"), ("serve", "65"), ("batch", "0")] {
+        let mut args = vec![flag];
+        if flag == "batch" {
+            args.extend(["in.jsonl", "out.jsonl"]);
+        }
+        args.extend(["--batch-size", value]);
+        assert_one_line_error(&run(&args), "--batch-size");
+    }
     assert_one_line_error(
         &run(&["serve", "--upstream-timeout", "0"]),
         "--upstream-timeout must be a positive",

@@ -234,8 +234,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Requests each worker decodes together (continuous batching: a queued request takes a
-    /// slot as soon as one frees). 1 runs requests one by one with copy drafts. Default: 8 on
-    /// the CPU, 1 on a GPU.
+    /// slot as soon as one frees). 1, the default, runs requests one by one with copy drafts,
+    /// which was faster for corrections that mostly copy the answer; batching wins on long
+    /// rewrites. CPU only.
     #[arg(long, value_name = "B")]
     pub batch_size: Option<usize>,
     /// Requests that may wait for a free slot; beyond that the server answers 429.

@@ -31,9 +31,12 @@ use super::args::ServeArgs;
 use super::errors::usage;
 use super::workers::{self, load_workers, Workers};
 
-/// Requests per worker decoding together on the CPU by default, chosen by measurement
-/// (README, "Batched decoding"): with 8 clients, 8 slots gave the most requests/s.
-const BATCH_SLOTS: usize = 8;
+/// Requests per worker decoding together by default: 1, chosen by measurement
+/// (benches/serve_load.py, README "Batched decoding"). With 8 clients on 2 cores, corrections
+/// that mostly copy the answer ran faster one by one with copy drafts (11.8 req/s on 2 workers)
+/// than batched (8.7 req/s with 2 workers x 4 slots): both saturate the cores, and drafts also
+/// keep each request's latency low. `--batch-size` turns batching on for long rewrites.
+const BATCH_SLOTS: usize = 1;
 
 /// File descriptors kept for everything but client connections (models, logs, the upstream).
 const RESERVED_FDS: usize = 64;

@@ -70,9 +70,7 @@ impl Pool {
         // Every job the batch holds, so that a panic can still answer them.
         let mut held: Vec<Reply> = Vec::new();
         let ran = catch_unwind(AssertUnwindSafe(|| {
-            let Some(mut batch) = worker.batch(self.slots) else {
-                return None;
-            };
+            let mut batch = worker.batch(self.slots)?;
             loop {
                 while batch.free() > 0 {
                     let job = if batch.running() == 0 {
