@@ -86,10 +86,7 @@ impl<'a, T> Batch<'a, T> {
                 let ids = self.aligner.correction_ids(t, question, answer)?.0;
                 Ok((ids, with_template_stops(t, config)))
             });
-        match prepared {
-            Ok((ids, config)) => self.admit_ids(&ids, &config, on_text, tag),
-            Err(e) => Some((tag, Err(e))),
-        }
+        self.admit_prepared(prepared, on_text, tag)
     }
 
     /// Like [`admit_correction`](Self::admit_correction) for an ordinary chat turn (see
@@ -106,6 +103,16 @@ impl<'a, T> Batch<'a, T> {
             let ids = self.aligner.encode_prompt(&t.chat(system, question))?;
             Ok((ids, with_template_stops(t, config)))
         });
+        self.admit_prepared(prepared, on_text, tag)
+    }
+
+    /// Admits a rendered prompt and its config, or hands back the error that rendering met.
+    fn admit_prepared(
+        &mut self,
+        prepared: Result<(Vec<u32>, GenerationConfig)>,
+        on_text: OnText<'a>,
+        tag: T,
+    ) -> Option<Finished<T>> {
         match prepared {
             Ok((ids, config)) => self.admit_ids(&ids, &config, on_text, tag),
             Err(e) => Some((tag, Err(e))),

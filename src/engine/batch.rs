@@ -94,16 +94,7 @@ impl BatchModel for OnnxDecoder {
             }
         }
         let positions = positions.min(self.context_length).max(1);
-        let mut buffers = (0..self.present_names.len())
-            .map(|_| {
-                DynTensor::new(
-                    self.session.allocator(),
-                    self.kv_dtype,
-                    [slots, self.kv_heads, positions, self.head_size],
-                )
-                .map_err(Error::ort_run)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut buffers = self.kv_tensors(slots, positions)?;
         // Keep what the slots hold: each (slot, head) run of positions moves to its new stride.
         if let Some(old) = self.batch.take() {
             let (h, d) = (self.kv_heads, self.head_size);
@@ -114,15 +105,7 @@ impl BatchModel for OnnxDecoder {
                 copy_kv(self.kv_dtype, src, dst, runs, run)?;
             }
         }
-        let mut binding = self.session.create_binding().map_err(Error::ort_run)?;
-        for (slot, buffer) in buffers.iter_mut().enumerate() {
-            binding
-                .bind_input(self.past_input_name(slot), &*buffer)
-                .map_err(Error::ort_run)?;
-            binding
-                .bind_output(self.present_names[slot].as_str(), &mut *buffer)
-                .map_err(Error::ort_run)?;
-        }
+        let binding = self.bind_kv(&mut buffers)?;
         self.batch = Some(BatchKv {
             buffers,
             slots,

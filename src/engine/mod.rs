@@ -206,7 +206,8 @@ impl OnnxDecoder {
         &self.report
     }
 
-    fn kv_tensors(&self, len: usize) -> Result<Vec<DynTensor>> {
+    /// One `[batch, kv_heads, len, head]` tensor per past slot.
+    fn kv_tensors(&self, batch: usize, len: usize) -> Result<Vec<DynTensor>> {
         let allocator = self
             .kv_allocator
             .as_ref()
@@ -216,7 +217,7 @@ impl OnnxDecoder {
                 DynTensor::new(
                     allocator,
                     self.kv_dtype,
-                    [1usize, self.kv_heads, len, self.head_size],
+                    [batch, self.kv_heads, len, self.head_size],
                 )
                 .map_err(Error::ort_run)
             })
@@ -225,7 +226,7 @@ impl OnnxDecoder {
 
     fn reset_past(&mut self) -> Result<()> {
         if matches!(self.kv, KvStorage::Chained(_)) {
-            let empty = self.kv_tensors(0)?;
+            let empty = self.kv_tensors(1, 0)?;
             self.kv = KvStorage::Chained(empty.into_iter().map(|t| t.into_dyn()).collect());
         }
         Ok(())
@@ -249,7 +250,19 @@ impl OnnxDecoder {
             .max(*capacity * 2)
             .min(self.context_length)
             .max(needed);
-        let mut buffers = self.kv_tensors(new_capacity)?;
+        let mut buffers = self.kv_tensors(1, new_capacity)?;
+        let binding = self.bind_kv(&mut buffers)?;
+        self.kv = KvStorage::Shared {
+            _buffers: buffers,
+            capacity: new_capacity,
+            binding: Some(Box::new(binding)),
+        };
+        Ok(false)
+    }
+
+    /// A binding with each layer's buffer as both its past input and its present output, so
+    /// GroupQueryAttention writes new positions in place.
+    fn bind_kv(&self, buffers: &mut [DynTensor]) -> Result<IoBinding> {
         let mut binding = self.session.create_binding().map_err(Error::ort_run)?;
         for (slot, buffer) in buffers.iter_mut().enumerate() {
             binding
@@ -259,12 +272,7 @@ impl OnnxDecoder {
                 .bind_output(self.present_names[slot].as_str(), &mut *buffer)
                 .map_err(Error::ort_run)?;
         }
-        self.kv = KvStorage::Shared {
-            _buffers: buffers,
-            capacity: new_capacity,
-            binding: Some(Box::new(binding)),
-        };
-        Ok(false)
+        Ok(binding)
     }
 
     fn past_input_name(&self, slot: usize) -> &str {
