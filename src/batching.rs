@@ -204,10 +204,7 @@ impl<'c, T> Batcher<'c, T> {
         let logits = match model.forward_batch(&self.tokens, &self.past) {
             Ok(l) => l,
             Err(e) => {
-                let message = e.to_string();
-                for row in self.rows.drain(..) {
-                    done.push((row.tag, Err(Error::Inference(message.clone()))));
-                }
+                self.fail_all(&e, &mut done);
                 return done;
             }
         };
@@ -239,20 +236,23 @@ impl<'c, T> Batcher<'c, T> {
             if s < self.rows.len() {
                 let len = self.rows[s].sink.history.len() - 1;
                 if let Err(e) = model.move_slot(self.rows.len(), s, len) {
-                    let message = e.to_string();
-                    for row in self.rows.drain(..) {
-                        done.push((row.tag, Err(Error::Inference(message.clone()))));
-                    }
+                    self.fail_all(&e, &mut done);
                     return done;
                 }
             }
         }
         if let Err(e) = self.fit(model, self.rows.len(), self.positions) {
-            for row in self.rows.drain(..) {
-                done.push((row.tag, Err(Error::Inference(e.to_string()))));
-            }
+            self.fail_all(&e, &mut done);
         }
         done
+    }
+
+    /// Ends every running sequence with `error` (the batch cache's state is unknown).
+    fn fail_all(&mut self, error: &Error, done: &mut Vec<Finished<T>>) {
+        let message = error.to_string();
+        for row in self.rows.drain(..) {
+            done.push((row.tag, Err(Error::Inference(message.clone()))));
+        }
     }
 }
 

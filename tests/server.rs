@@ -290,6 +290,15 @@ fn long_request() -> Value {
     json!({"question": QUESTION, "answer": "It boils.", "max_tokens": 2000, "suppress_eos": true, "stream": true})
 }
 
+/// Sends [`long_request`] over a raw connection, which the caller can drop mid-stream.
+fn start_long_request(server: &Server) -> std::net::TcpStream {
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let body = long_request().to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stream, "POST /v1/correct HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    stream
+}
+
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
     // One worker with two batch slots and no queue: two requests run, a third is refused.
@@ -338,10 +347,7 @@ fn a_full_queue_answers_429_with_retry_after() {
 #[test]
 fn a_client_that_disconnects_frees_its_slot() {
     let server = Server::start(&["--model", &model_arg(), "--workers", "1", "--queue", "0"]);
-    let addr = server.base.trim_start_matches("http://").to_string();
-    let body = long_request().to_string();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(stream, "POST /v1/correct HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut stream = start_long_request(&server);
     let mut first = [0u8; 256];
     let n = stream.read(&mut first).unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).contains("200 OK"));
@@ -462,10 +468,7 @@ fn batched_requests_keep_their_own_settings_seeds_and_streams() {
     };
     let alone: Vec<String> = bodies.iter().map(|b| text(&server, b)).collect();
     // A leaver: streams a long generation and hangs up after the first bytes.
-    let addr = server.base.trim_start_matches("http://").to_string();
-    let leaver = long_request().to_string();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(stream, "POST /v1/correct HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{leaver}", leaver.len()).unwrap();
+    let mut stream = start_long_request(&server);
     let together: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = bodies
             .iter()

@@ -66,10 +66,10 @@ pub fn load(args: &ModelArgs, dir: &Path) -> Result<Aligner> {
     Ok(aligner)
 }
 
-/// The batch size to run: the flag's, checked against what the model can do, or `default` on
-/// the CPU and 1 on a GPU (where batched decoding does not run yet).
+/// The batch size to run: the flag's (in range: see [`check_batch_size`]), checked against
+/// what the model can do, or `default` on the CPU and 1 on a GPU (where batched decoding does
+/// not run yet).
 pub fn batch_size(model: &mut Aligner, flag: Option<usize>, default: usize) -> Result<usize> {
-    check_batch_size(flag)?;
     let slots = match flag {
         Some(n) => n,
         None if model.provider().provider.is_gpu() => 1,

@@ -13,8 +13,7 @@
 
 use ort::value::{DynTensor, TensorElementType};
 
-use super::session::int_tensor;
-use super::{InputRole, KvStorage, OnnxDecoder};
+use super::{run_bound, KvStorage, OnnxDecoder};
 use crate::error::{Error, Result};
 use crate::model::BatchModel;
 
@@ -182,59 +181,16 @@ impl BatchModel for OnnxDecoder {
                 context_length: batch.positions,
             });
         }
-        let allocator = self.session.allocator();
-        let mut inputs = Vec::with_capacity(3);
-        for (index, role) in self.roles.iter().enumerate() {
-            let value = match *role {
-                InputRole::InputIds => int_tensor(
-                    allocator,
-                    TensorElementType::Int64,
-                    &[slots, 1],
-                    tokens.iter().map(|&t| t as i64),
-                )?,
-                // Right-padded: row s sees its first past[s] + 1 positions.
-                InputRole::AttentionMask(dtype) => int_tensor(
-                    allocator,
-                    dtype,
-                    &[slots, width],
-                    past.iter()
-                        .flat_map(|&p| (0..width).map(move |k| i64::from(k <= p))),
-                )?,
-                InputRole::PositionIds(dtype) => int_tensor(
-                    allocator,
-                    dtype,
-                    &[slots, 1],
-                    past.iter().map(|&p| p as i64),
-                )?,
-                InputRole::LogitsToKeep => int_tensor(
-                    allocator,
-                    TensorElementType::Int64,
-                    &[1],
-                    std::iter::once(1),
-                )?,
-                InputRole::Past(_) => continue,
-            };
-            inputs.push((index, value));
-        }
+        let step = self.step_inputs(tokens, past, 1)?;
         let batch = self.batch.as_mut().expect("checked above");
-        for (index, value) in &inputs {
-            batch
-                .binding
-                .bind_input(self.input_names[*index].as_str(), value)
-                .map_err(Error::ort_run)?;
-        }
-        batch
-            .binding
-            .bind_output_to_device(self.logits_name.as_str(), &self.cpu_output)
-            .map_err(Error::ort_run)?;
-        let mut outputs = self
-            .session
-            .run_binding(&batch.binding)
-            .map_err(Error::ort_run)?;
-        let logits = outputs
-            .remove(&self.logits_name)
-            .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
-        drop(outputs);
+        let logits = run_bound(
+            &mut self.session,
+            &mut batch.binding,
+            &self.input_names,
+            &step,
+            &self.logits_name,
+            &self.cpu_output,
+        )?;
         self.logit_rows = slots;
         self.copy_last_logits(&logits)?;
         Ok(&mut self.logits[..slots * self.vocab_size])

@@ -284,9 +284,19 @@ impl OnnxDecoder {
         &self.input_names[index]
     }
 
-    /// The per-step inputs (ids, mask, positions) with their session input index.
-    fn step_inputs(&self, tokens: &[u32], plan: StepPlan) -> Result<Vec<(usize, DynValue)>> {
-        let n = tokens.len();
+    /// The per-step inputs (ids, mask, positions, logits to keep) with their session input
+    /// index, for `past.len()` rows that each append `tokens.len() / rows` tokens after their
+    /// own `past[r]` cached positions. Rows are right-padded: row `r`'s mask has
+    /// `past[r] + new` ones, which is how GroupQueryAttention learns each row's length.
+    fn step_inputs(
+        &self,
+        tokens: &[u32],
+        past: &[usize],
+        keep: usize,
+    ) -> Result<Vec<(usize, DynValue)>> {
+        let rows = past.len();
+        let new = tokens.len() / rows;
+        let width = past.iter().max().copied().unwrap_or(0) + new;
         let allocator = self.session.allocator();
         let mut out = Vec::with_capacity(4);
         for (index, role) in self.roles.iter().enumerate() {
@@ -294,26 +304,27 @@ impl OnnxDecoder {
                 InputRole::InputIds => int_tensor(
                     allocator,
                     TensorElementType::Int64,
-                    &[1, n],
+                    &[rows, new],
                     tokens.iter().map(|&t| t as i64),
                 )?,
                 InputRole::AttentionMask(dtype) => int_tensor(
                     allocator,
                     dtype,
-                    &[1, plan.total_len()],
-                    std::iter::repeat_n(1, plan.total_len()),
+                    &[rows, width],
+                    past.iter()
+                        .flat_map(|&p| (0..width).map(move |k| i64::from(k < p + new))),
                 )?,
                 InputRole::PositionIds(dtype) => int_tensor(
                     allocator,
                     dtype,
-                    &[1, n],
-                    plan.positions().map(|p| p as i64),
+                    &[rows, new],
+                    past.iter().flat_map(|&p| (p..p + new).map(|k| k as i64)),
                 )?,
                 InputRole::LogitsToKeep => int_tensor(
                     allocator,
                     TensorElementType::Int64,
                     &[1],
-                    std::iter::once(self.logit_rows as i64),
+                    std::iter::once(keep as i64),
                 )?,
                 InputRole::Past(_) => continue,
             };
@@ -324,7 +335,7 @@ impl OnnxDecoder {
 
     fn forward_shared(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
         self.ensure_shared_capacity(plan.total_len())?;
-        let step = self.step_inputs(tokens, plan)?;
+        let step = self.step_inputs(tokens, &[plan.past_len], self.logit_rows)?;
         let KvStorage::Shared {
             binding: Some(binding),
             ..
@@ -332,26 +343,21 @@ impl OnnxDecoder {
         else {
             return Err(Error::Inference("shared KV cache is not bound".into()));
         };
-        for (index, value) in &step {
-            binding
-                .bind_input(self.input_names[*index].as_str(), value)
-                .map_err(Error::ort_run)?;
-        }
-        // Logits change shape between prefill and decode: let ONNX Runtime allocate them each
-        // run (a binding would otherwise reuse the previous run's tensor as a fixed output).
-        binding
-            .bind_output_to_device(self.logits_name.as_str(), &self.cpu_output)
-            .map_err(Error::ort_run)?;
-        let mut outputs = self.session.run_binding(binding).map_err(Error::ort_run)?;
-        let logits = outputs
-            .remove(&self.logits_name)
-            .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
-        drop(outputs);
+        let logits = run_bound(
+            &mut self.session,
+            binding,
+            &self.input_names,
+            &step,
+            &self.logits_name,
+            &self.cpu_output,
+        )?;
         self.copy_last_logits(&logits)
     }
 
     fn forward_chained(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
-        let mut step = self.step_inputs(tokens, plan)?.into_iter();
+        let mut step = self
+            .step_inputs(tokens, &[plan.past_len], self.logit_rows)?
+            .into_iter();
         let KvStorage::Chained(past) = &self.kv else {
             return Err(Error::Inference("chained KV cache expected".into()));
         };
@@ -432,6 +438,31 @@ impl OnnxDecoder {
         }
         Ok(())
     }
+}
+
+/// Binds this step's inputs next to the KV buffers already in `binding`, runs it, and returns
+/// the logits. ONNX Runtime allocates them each run (in `cpu_output`): their shape changes
+/// between passes, and a bound output would be reused as a fixed tensor.
+fn run_bound(
+    session: &mut Session,
+    binding: &mut IoBinding,
+    input_names: &[String],
+    step: &[(usize, DynValue)],
+    logits_name: &str,
+    cpu_output: &MemoryInfo<'static>,
+) -> Result<DynValue> {
+    for (index, value) in step {
+        binding
+            .bind_input(input_names[*index].as_str(), value)
+            .map_err(Error::ort_run)?;
+    }
+    binding
+        .bind_output_to_device(logits_name, cpu_output)
+        .map_err(Error::ort_run)?;
+    let mut outputs = session.run_binding(binding).map_err(Error::ort_run)?;
+    outputs
+        .remove(logits_name)
+        .ok_or_else(|| Error::Inference("the model produced no logits".into()))
 }
 
 impl DecoderModel for OnnxDecoder {

@@ -343,7 +343,7 @@ pub async fn metrics(State(s): Shared) -> impl IntoResponse {
         ),
         (
             "aligner_busy_workers",
-            "Workers generating now.",
+            "Requests generating now (one per worker, or up to --batch-size per worker).",
             s.pool.busy() as f64,
         ),
         (

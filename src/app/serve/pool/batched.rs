@@ -3,9 +3,8 @@
 //! batched steps, so running streams pause for one prompt pass, not for whole requests.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 
-use aligner::{Aligner, FinishReason, Generation};
+use aligner::{Aligner, Generation};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{crashed, gone_before_its_turn, Job, JobEvent, Pool};
@@ -28,7 +27,7 @@ pub trait JobBatch {
 
 /// Streams a job's text to its channel; false (cancel) once the client is gone. An empty
 /// piece is the loop asking whether to go on.
-fn stream_to(events: Reply) -> impl FnMut(&str) -> bool {
+pub(super) fn stream_to(events: Reply) -> impl FnMut(&str) -> bool {
     move |piece| {
         if piece.is_empty() {
             !events.is_closed()
@@ -85,17 +84,16 @@ impl Pool {
                         }
                     };
                     if job.events.is_closed() {
-                        self.cancelled.fetch_add(1, Ordering::SeqCst);
-                        self.answer(&job.events, Err(gone_before_its_turn()));
+                        self.finish(&job.events, Err(gone_before_its_turn()));
                         continue;
                     }
                     held.push(job.events.clone());
                     if let Some(done) = batch.admit(job) {
-                        self.finish(&mut held, done);
+                        self.release(&mut held, done);
                     }
                 }
                 for done in batch.step() {
-                    self.finish(&mut held, done);
+                    self.release(&mut held, done);
                 }
             }
         }));
@@ -114,16 +112,10 @@ impl Pool {
         }
     }
 
-    fn finish(&self, held: &mut Vec<Reply>, (events, result): Done) {
+    /// A job left the batch: it is no longer held, and gets its answer.
+    fn release(&self, held: &mut Vec<Reply>, (events, result): Done) {
         held.retain(|h| !h.same_channel(&events));
-        let cancelled = match &result {
-            Ok(g) => g.finish_reason == FinishReason::Cancelled,
-            Err(e) => matches!(e, aligner::Error::Cancelled(_)),
-        };
-        if cancelled {
-            self.cancelled.fetch_add(1, Ordering::SeqCst);
-        }
-        self.answer(&events, result);
+        self.finish(&events, result);
     }
 }
 
@@ -134,7 +126,7 @@ pub(super) fn aligner_batch(model: &mut Aligner, slots: usize) -> Option<Box<dyn
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::super::tests::{done, job};

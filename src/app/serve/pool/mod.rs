@@ -243,29 +243,14 @@ impl Pool {
     /// after answering the job it was on).
     fn work_one_by_one(&self, worker: &mut dyn Corrector) -> bool {
         while let Some(job) = self.next_job() {
-            let events = job.events.clone();
-            let mut cancelled = false;
-            let mut on_text = |piece: &str| {
-                // A closed channel means the client is gone: stop generating for it. An empty
-                // piece is the loop asking whether to go on (between prompt chunks).
-                cancelled = if piece.is_empty() {
-                    events.is_closed()
-                } else {
-                    events.send(JobEvent::Text(piece.to_string())).is_err()
-                };
-                !cancelled
-            };
-            let outcome = if events.is_closed() {
-                cancelled = true;
+            let mut on_text = batched::stream_to(job.events.clone());
+            let outcome = if job.events.is_closed() {
                 Ok(Err(gone_before_its_turn()))
             } else {
                 catch_unwind(AssertUnwindSafe(|| worker.correct(&job, &mut on_text)))
             };
-            if cancelled {
-                self.cancelled.fetch_add(1, Ordering::SeqCst);
-            }
             match outcome {
-                Ok(result) => self.answer(&job.events, result),
+                Ok(result) => self.finish(&job.events, result),
                 Err(payload) => {
                     self.answer(&job.events, Err(crashed(payload.as_ref())));
                     return true;
@@ -273,6 +258,22 @@ impl Pool {
             }
         }
         false
+    }
+
+    /// Counts a job its client left, then answers it.
+    fn finish(
+        &self,
+        events: &UnboundedSender<JobEvent>,
+        result: Result<Generation, aligner::Error>,
+    ) {
+        let cancelled = match &result {
+            Ok(g) => g.finish_reason == aligner::FinishReason::Cancelled,
+            Err(e) => matches!(e, aligner::Error::Cancelled(_)),
+        };
+        if cancelled {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+        self.answer(events, result);
     }
 
     /// Frees the job's slot, then sends its result. Freeing first means a client that reads
