@@ -50,10 +50,11 @@ def rows_file(tmp: Path, n: int) -> Path:
     return path
 
 
-def run(model: Path, rows: Path, out: Path, new_tokens: int, flags: list[str]) -> tuple[float, int]:
+def run(model: Path, rows: Path, out: Path, new_tokens: int, flags: list[str],
+        binary: Path = BIN) -> tuple[float, int]:
     out.unlink(missing_ok=True)
     Path(f"{out}.rejects.jsonl").unlink(missing_ok=True)
-    cmd = [str(BIN), "batch", str(rows), str(out), "--model", str(model), "--max-new-tokens",
+    cmd = [str(binary), "batch", str(rows), str(out), "--model", str(model), "--max-new-tokens",
            str(new_tokens), "--suppress-eos", *flags]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=ENV)
@@ -71,26 +72,37 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--baseline-bin", type=Path,
+                    help="an older aligner binary: --old-settings also run with it (as old:NAME), "
+                         "and its baseline becomes the base of the ratios")
+    ap.add_argument("--old-settings", nargs="+", default=[BASELINE], choices=list(SETTINGS))
     a = ap.parse_args()
     if BASELINE not in a.settings:
         a.settings.insert(0, BASELINE)
+    # name -> (flags, binary)
+    runs = {name: (SETTINGS[name], BIN) for name in a.settings}
+    if a.baseline_bin:
+        old = {f"old:{n}": (SETTINGS[n], a.baseline_bin) for n in a.old_settings}
+        runs = {**old, **runs}
+    base_name = f"old:{BASELINE}" if a.baseline_bin and BASELINE in a.old_settings else BASELINE
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         rows = rows_file(tmp, a.rows)
         for new_tokens in a.new_tokens:
-            rates: dict[str, list[float]] = {s: [] for s in a.settings}
+            rates: dict[str, list[float]] = {s: [] for s in runs}
             tokens: dict[str, int] = {}
             for _ in range(a.rounds):
-                for name in a.settings:
-                    rate, n = run(a.model, rows, tmp / f"{name}.jsonl", new_tokens, SETTINGS[name])
+                for name, (flags, binary) in runs.items():
+                    out = tmp / f"{name.replace(':', '-')}.jsonl"
+                    rate, n = run(a.model, rows, out, new_tokens, flags, binary)
                     rates[name].append(rate)
                     tokens[name] = n
-            base = statistics.median(rates[BASELINE])
+            base = statistics.median(rates[base_name])
             print(f"\n{a.rows} rows, {new_tokens} new tokens each, median of {a.rounds} rounds")
             print(f"{'setting':28} {'rows/s':>8} {'x baseline':>10} {'tokens':>8}")
             figures = {}
-            for name in a.settings:
+            for name in runs:
                 r = statistics.median(rates[name])
                 figures[name] = {"rows_s": round(r, 3), "over_baseline": round(r / base, 3),
                                  "runs": [round(x, 3) for x in rates[name]], "tokens": tokens[name]}

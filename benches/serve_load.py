@@ -62,9 +62,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namespace) -> dict:
+def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namespace,
+            binary: Path = BIN) -> dict:
     port = free_port()
-    cmd = [str(BIN), "serve", "--model", str(model), "--port", str(port), "--queue", "64", *flags]
+    cmd = [str(binary), "serve", "--model", str(model), "--port", str(port), "--queue", "64", *flags]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1/correct"
     try:
@@ -119,12 +120,18 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--baseline-bin", type=Path,
+                    help="an older aligner binary: its baseline setting becomes the base of the ratios")
     a = ap.parse_args()
     if BASELINE not in a.settings:
         a.settings.insert(0, BASELINE)
     pairs = [json.loads(line) for line in WORKLOAD.read_text().splitlines() if line.strip()]
-    report = {name: measure(a.model, SETTINGS[name], pairs, a) for name in a.settings}
-    base = report[BASELINE]["req_s"]
+    report = {}
+    if a.baseline_bin:
+        report["baseline-bin"] = measure(a.model, SETTINGS[BASELINE], pairs, a, a.baseline_bin)
+    for name in a.settings:
+        report[name] = measure(a.model, SETTINGS[name], pairs, a)
+    base = report["baseline-bin" if a.baseline_bin else BASELINE]["req_s"]
     print(f"{a.clients} clients, {a.seconds:.0f} s, {a.max_tokens} max tokens, default model")
     print(f"{'setting':20} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8} {'lone ms':>8} "
           f"{'p50/lone':>8} {'RSS MB':>7} {'errors':>6}")

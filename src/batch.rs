@@ -136,7 +136,7 @@ impl<'a, T> Batch<'a, T> {
             engine, tokenizer, ..
         } = &mut *self.aligner;
         self.batcher
-            .admit(engine, tokenizer, prompt, config, watched, tag)
+            .admit(engine, &**tokenizer, prompt, config, watched, tag)
     }
 
     /// One batched pass: each running sequence gets its next token (and streams it). Returns
@@ -149,7 +149,7 @@ impl<'a, T> Batch<'a, T> {
             cancel,
             ..
         } = &mut *self.aligner;
-        let done = self.batcher.step(engine, tokenizer);
+        let done = self.batcher.step(engine, &**tokenizer);
         if self.batcher.running() == 0 {
             cancel.clear();
         }

@@ -108,7 +108,8 @@ pub struct RuntimeInfo {
 pub struct Aligner {
     runtime: std::sync::Arc<OrtRuntime>,
     folder: ModelFolder,
-    tokenizer: Tokenizer,
+    /// Shared with the handles [`Aligner::share`] made.
+    tokenizer: std::sync::Arc<Tokenizer>,
     engine: OnnxDecoder,
     template: Option<Template>,
     eos_ids: Vec<u32>,
@@ -147,10 +148,29 @@ impl Aligner {
         Ok(Aligner {
             runtime,
             folder,
-            tokenizer,
+            tokenizer: std::sync::Arc::new(tokenizer),
             engine,
             template,
             eos_ids,
+            cancel: CancelHandle::new(),
+            kv_tokens: Vec::new(),
+        })
+    }
+
+    /// Another handle on this loaded model, for another thread. It shares the ONNX Runtime
+    /// session (one copy of the weights in memory) and the tokenizer, and has its own KV
+    /// cache, prefix cache and cancel handle; on the CPU, the two generate at the same time.
+    /// A GPU session is not shared (ONNX Runtime's GPU allocators are not thread-safe), nor
+    /// is a model without a shared-buffer cache: for those this is an `InvalidRequest`, and
+    /// the caller loads the model again.
+    pub fn share(&self) -> Result<Aligner> {
+        Ok(Aligner {
+            runtime: std::sync::Arc::clone(&self.runtime),
+            folder: self.folder.clone(),
+            tokenizer: std::sync::Arc::clone(&self.tokenizer),
+            engine: self.engine.share()?,
+            template: self.template,
+            eos_ids: self.eos_ids.clone(),
             cancel: CancelHandle::new(),
             kv_tokens: Vec::new(),
         })

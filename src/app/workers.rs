@@ -20,17 +20,19 @@ pub struct Workers {
     pub model_args: ModelArgs,
 }
 
-/// Loads `n` sessions of the model that `model` names. Without `--threads`, the cores are
+/// Loads the model that `model` names for `n` workers. Without `--threads`, the cores are
 /// split between them: decoding is memory-bound, and oversubscribed ONNX Runtime threads only
-/// wait on each other.
+/// wait on each other. On the CPU the workers share one session, so one copy of the weights
+/// (see [`another`]).
 pub fn load_workers(model: &ModelArgs, gen: &GenArgs, n: usize) -> Result<Workers> {
     let n = n.max(1);
     let dir = model.model_dir()?;
     let mut model_args = model.clone();
     model_args.threads = Some(model.threads()?.unwrap_or((cores() / n).max(1)));
-    let models = (0..n)
-        .map(|_| load(&model_args, &dir))
-        .collect::<Result<Vec<_>>>()?;
+    let mut models = vec![load(&model_args, &dir)?];
+    for _ in 1..n {
+        models.push(another(&models[0], &model_args, &dir)?);
+    }
     let config = gen.apply(models[0].generation_defaults());
     config.validate()?;
     Ok(Workers {
@@ -39,6 +41,16 @@ pub fn load_workers(model: &ModelArgs, gen: &GenArgs, n: usize) -> Result<Worker
         dir,
         model_args,
     })
+}
+
+/// One more worker's model: a handle on `first`'s session where it can be shared (the CPU:
+/// one copy of the weights, and runs that overlap were measured faster than two sessions'),
+/// else a second load (a GPU session is not shared between threads).
+pub fn another(first: &Aligner, args: &ModelArgs, dir: &Path) -> Result<Aligner> {
+    match first.share() {
+        Ok(model) => Ok(model),
+        Err(_) => load(args, dir),
+    }
 }
 
 /// Loads the model and says on stderr how the execution provider was chosen, whenever that is

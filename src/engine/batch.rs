@@ -184,7 +184,7 @@ impl BatchModel for OnnxDecoder {
         let step = self.step_inputs(tokens, past, 1)?;
         let batch = self.batch.as_mut().expect("checked above");
         let logits = run_bound(
-            &mut self.session,
+            &self.session,
             &mut batch.binding,
             &self.input_names,
             &step,

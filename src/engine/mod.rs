@@ -14,6 +14,7 @@
 //! crosses the bus; only the logits come back, into pinned host memory.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session, SessionInputValue};
@@ -30,6 +31,7 @@ mod batch;
 pub mod graph_cache;
 mod io;
 mod session;
+mod shared;
 use io::{tensor_type, InputRole};
 use session::{build_session, int_tensor};
 
@@ -78,7 +80,8 @@ enum KvStorage {
 }
 
 pub struct OnnxDecoder {
-    session: Session,
+    /// Shared with the decoders [`OnnxDecoder::share`] made (CPU only).
+    session: Arc<Session>,
     roles: Vec<InputRole>,
     /// Output name for each past slot (same order as `past`).
     present_names: Vec<String>,
@@ -130,7 +133,7 @@ impl OnnxDecoder {
             KvStorage::Chained(Vec::new())
         };
         let mut engine = OnnxDecoder {
-            session,
+            session: Arc::new(session),
             roles,
             present_names,
             logits_name: d.outputs.logits.clone(),
@@ -159,6 +162,47 @@ impl OnnxDecoder {
         }
         engine.reset_past()?;
         Ok(engine)
+    }
+
+    /// Another decoder over the same session (the same weights in memory), with its own KV
+    /// cache, for another thread: passes of the two may overlap. CPU and shared-buffer models
+    /// only (see [`shared`]); elsewhere this is an `InvalidRequest` and the caller loads a
+    /// second session.
+    pub fn share(&self) -> Result<OnnxDecoder> {
+        if self.report.provider.is_gpu() {
+            return Err(Error::invalid(format!(
+                "a {} session is not shared between threads; load one per worker",
+                self.report.provider
+            )));
+        }
+        if !matches!(self.kv, KvStorage::Shared { .. }) {
+            return Err(Error::invalid(
+                "only a shared-buffer (GroupQueryAttention) model's session can be shared",
+            ));
+        }
+        Ok(OnnxDecoder {
+            session: Arc::clone(&self.session),
+            roles: self.roles.clone(),
+            present_names: self.present_names.clone(),
+            logits_name: self.logits_name.clone(),
+            kv: KvStorage::Shared {
+                _buffers: Vec::new(),
+                capacity: 0,
+                binding: None,
+            },
+            kv_dtype: self.kv_dtype,
+            kv_heads: self.kv_heads,
+            head_size: self.head_size,
+            vocab_size: self.vocab_size,
+            context_length: self.context_length,
+            logits: vec![0.0; self.vocab_size],
+            logit_rows: 1,
+            input_names: self.input_names.clone(),
+            cpu_output: self.cpu_output.clone(),
+            kv_allocator: None,
+            batch: None,
+            report: self.report.clone(),
+        })
     }
 
     /// On a GPU: logits come back into pinned host memory, and the shared KV buffers live on
@@ -344,7 +388,7 @@ impl OnnxDecoder {
             return Err(Error::Inference("shared KV cache is not bound".into()));
         };
         let logits = run_bound(
-            &mut self.session,
+            &self.session,
             binding,
             &self.input_names,
             &step,
@@ -371,10 +415,10 @@ impl OnnxDecoder {
                 },
             }
         }
-        let mut outputs = self
-            .session
-            .run(inputs.as_slice())
-            .map_err(Error::ort_run)?;
+        // Chained decoders are never shared (see `share`), so the session is this one's.
+        let session = Arc::get_mut(&mut self.session)
+            .ok_or_else(|| Error::Inference("a shared session cannot chain its cache".into()))?;
+        let mut outputs = session.run(inputs.as_slice()).map_err(Error::ort_run)?;
         let logits = outputs
             .remove(&self.logits_name)
             .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
@@ -444,7 +488,7 @@ impl OnnxDecoder {
 /// the logits. ONNX Runtime allocates them each run (in `cpu_output`): their shape changes
 /// between passes, and a bound output would be reused as a fixed tensor.
 fn run_bound(
-    session: &mut Session,
+    session: &Session,
     binding: &mut IoBinding,
     input_names: &[String],
     step: &[(usize, DynValue)],
@@ -459,10 +503,7 @@ fn run_bound(
     binding
         .bind_output_to_device(logits_name, cpu_output)
         .map_err(Error::ort_run)?;
-    let mut outputs = session.run_binding(binding).map_err(Error::ort_run)?;
-    outputs
-        .remove(logits_name)
-        .ok_or_else(|| Error::Inference("the model produced no logits".into()))
+    shared::run_binding(session, binding, logits_name)
 }
 
 impl DecoderModel for OnnxDecoder {

@@ -22,6 +22,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aligner::Aligner;
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -121,11 +122,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
             )
         })
         .transpose()?;
+    // A crashed worker's replacement shares this handle's session where it can.
+    let prototype = std::sync::Mutex::new(first.share().ok());
     let reload_dir = dir.clone();
     let loader: pool::Loader = Box::new(move || {
-        workers::load(&model_args, &reload_dir)
-            .map(|m| Box::new(m) as Box<dyn pool::Corrector>)
-            .map_err(|e| format!("{e:#}"))
+        let shared = prototype
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(Aligner::share));
+        match shared {
+            Some(Ok(model)) => Ok(model),
+            _ => workers::load(&model_args, &reload_dir),
+        }
+        .map(|m| Box::new(m) as Box<dyn pool::Corrector>)
+        .map_err(|e| format!("{e:#}"))
     });
     let workers = models
         .into_iter()
