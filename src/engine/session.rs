@@ -78,7 +78,10 @@ fn commit_with_cache(
             .map_err(ort::Error::from)
             .and_then(|mut b| b.commit_from_file(&cached));
         match loaded {
-            Ok(session) => return Ok(session),
+            Ok(session) => {
+                cache.touch();
+                return Ok(session);
+            }
             Err(_) => cache.invalidate(), // stale or damaged: rebuild it below
         }
     }
