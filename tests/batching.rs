@@ -23,17 +23,6 @@ fn load() -> Aligner {
     .unwrap()
 }
 
-fn workload() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(root().join("benches/workloads/corrections.jsonl")).unwrap();
-    text.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let s = |k: &str| v[k].as_str().unwrap().to_string();
-            (s("question"), s("answer"))
-        })
-        .collect()
-}
-
 /// Runs every pair through a batch of `slots`, admitting the next pair as a slot frees.
 fn batched(
     model: &mut Aligner,
@@ -70,7 +59,7 @@ fn batched(
 #[test]
 fn greedy_rows_in_a_batch_equal_the_rows_alone() {
     let mut model = load();
-    let pairs = workload();
+    let pairs = workload_pairs();
     // Budgets differ per row so that rows end at different steps and free slots are refilled.
     let configs: Vec<GenerationConfig> = (0..pairs.len())
         .map(|i| {

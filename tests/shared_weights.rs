@@ -22,17 +22,6 @@ fn load() -> Aligner {
     .unwrap()
 }
 
-fn workload() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(root().join("benches/workloads/corrections.jsonl")).unwrap();
-    text.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let s = |k: &str| v[k].as_str().unwrap().to_string();
-            (s("question"), s("answer"))
-        })
-        .collect()
-}
-
 fn rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -62,7 +51,7 @@ fn correct_all(
 
 #[test]
 fn shared_handles_run_at_once_like_one_handle_and_hold_one_copy_of_the_weights() {
-    let pairs = workload();
+    let pairs = workload_pairs();
     let indexed: Vec<(usize, &(String, String))> = pairs.iter().enumerate().collect();
     let mut first = load();
     let alone = correct_all(&mut first, &indexed);

@@ -25,23 +25,6 @@ pub(super) struct BatchKv {
     binding: Box<ort::session::IoBinding>,
 }
 
-impl OnnxDecoder {
-    fn can_batch(&self) -> Result<()> {
-        if self.kv_allocator.is_some() || self.report.provider.is_gpu() {
-            return Err(Error::invalid(format!(
-                "batched decoding runs on the CPU provider only, not {}; use a batch size of 1",
-                self.report.provider
-            )));
-        }
-        if !matches!(self.kv, KvStorage::Shared { .. }) {
-            return Err(Error::invalid(
-                "batched decoding needs a shared-buffer (GroupQueryAttention) model; re-export the folder, or use a batch size of 1",
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Copies `rows` runs of `run` elements from `src` (row stride `src_stride`) to `dst` (row
 /// stride `dst_stride`), both as `T`.
 fn copy_runs<T: ort::value::PrimitiveTensorElementType + Copy>(
@@ -86,7 +69,7 @@ fn copy_kv(
 
 impl BatchModel for OnnxDecoder {
     fn reserve_batch(&mut self, slots: usize, positions: usize) -> Result<()> {
-        self.can_batch()?;
+        self.require_cpu_shared("batched decoding", "use a batch size of 1")?;
         if let Some(b) = &self.batch {
             if b.slots == slots && b.positions >= positions {
                 return Ok(());

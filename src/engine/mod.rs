@@ -79,6 +79,17 @@ enum KvStorage {
     },
 }
 
+impl KvStorage {
+    /// Shared buffers not allocated yet (the first sequence sizes them).
+    fn unbound() -> KvStorage {
+        KvStorage::Shared {
+            _buffers: Vec::new(),
+            capacity: 0,
+            binding: None,
+        }
+    }
+}
+
 pub struct OnnxDecoder {
     /// Shared with the decoders [`OnnxDecoder::share`] made (CPU only).
     session: Arc<Session>,
@@ -124,11 +135,7 @@ impl OnnxDecoder {
             .map(|i| i.name().to_string())
             .collect();
         let kv = if folder.genai.search.past_present_share_buffer {
-            KvStorage::Shared {
-                _buffers: Vec::new(),
-                capacity: 0,
-                binding: None,
-            }
+            KvStorage::unbound()
         } else {
             KvStorage::Chained(Vec::new())
         };
@@ -169,27 +176,13 @@ impl OnnxDecoder {
     /// only (see [`shared`]); elsewhere this is an `InvalidRequest` and the caller loads a
     /// second session.
     pub fn share(&self) -> Result<OnnxDecoder> {
-        if self.report.provider.is_gpu() {
-            return Err(Error::invalid(format!(
-                "a {} session is not shared between threads; load one per worker",
-                self.report.provider
-            )));
-        }
-        if !matches!(self.kv, KvStorage::Shared { .. }) {
-            return Err(Error::invalid(
-                "only a shared-buffer (GroupQueryAttention) model's session can be shared",
-            ));
-        }
+        self.require_cpu_shared("sharing a session between threads", "load one per worker")?;
         Ok(OnnxDecoder {
             session: Arc::clone(&self.session),
             roles: self.roles.clone(),
             present_names: self.present_names.clone(),
             logits_name: self.logits_name.clone(),
-            kv: KvStorage::Shared {
-                _buffers: Vec::new(),
-                capacity: 0,
-                binding: None,
-            },
+            kv: KvStorage::unbound(),
             kv_dtype: self.kv_dtype,
             kv_heads: self.kv_heads,
             head_size: self.head_size,
@@ -203,6 +196,24 @@ impl OnnxDecoder {
             batch: None,
             report: self.report.clone(),
         })
+    }
+
+    /// What batching and sharing a session need: the CPU provider (ONNX Runtime's GPU
+    /// allocators are not thread-safe, and the batch cache's slot copies are host memory) and
+    /// a shared-buffer cache. `what` names the feature, `otherwise` the way around it.
+    fn require_cpu_shared(&self, what: &str, otherwise: &str) -> Result<()> {
+        if self.kv_allocator.is_some() || self.report.provider.is_gpu() {
+            return Err(Error::invalid(format!(
+                "{what} runs on the CPU provider only, not {}; {otherwise}",
+                self.report.provider
+            )));
+        }
+        if !matches!(self.kv, KvStorage::Shared { .. }) {
+            return Err(Error::invalid(format!(
+                "{what} needs a shared-buffer (GroupQueryAttention) model; re-export the folder, or {otherwise}"
+            )));
+        }
+        Ok(())
     }
 
     /// On a GPU: logits come back into pinned host memory, and the shared KV buffers live on
@@ -531,11 +542,7 @@ impl DecoderModel for OnnxDecoder {
         let mut kept = true;
         if let KvStorage::Shared { capacity, .. } = self.kv {
             if capacity > KV_KEEP_POSITIONS && capacity > 2 * max_total_len {
-                self.kv = KvStorage::Shared {
-                    _buffers: Vec::new(),
-                    capacity: 0,
-                    binding: None,
-                };
+                self.kv = KvStorage::unbound();
                 kept = false;
             }
         }

@@ -8,6 +8,18 @@ pub mod http;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// The benchmark workload's (question, answer) pairs.
+pub fn workload_pairs() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(root().join("benches/workloads/corrections.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("question"), s("answer"))
+        })
+        .collect()
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
