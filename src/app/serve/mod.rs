@@ -22,7 +22,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aligner::Aligner;
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -126,13 +125,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let prototype = std::sync::Mutex::new(first.share().ok());
     let reload_dir = dir.clone();
     let loader: pool::Loader = Box::new(move || {
-        let shared = prototype
-            .lock()
-            .ok()
-            .and_then(|p| p.as_ref().map(Aligner::share));
-        match shared {
-            Some(Ok(model)) => Ok(model),
-            _ => workers::load(&model_args, &reload_dir),
+        let guard = prototype.lock().ok();
+        match guard.as_deref().and_then(Option::as_ref) {
+            Some(first) => workers::another(first, &model_args, &reload_dir),
+            None => workers::load(&model_args, &reload_dir),
         }
         .map(|m| Box::new(m) as Box<dyn pool::Corrector>)
         .map_err(|e| format!("{e:#}"))
