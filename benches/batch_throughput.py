@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from old_binary import flags_for
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "target" / "release" / "aligner"
 ENV = dict(os.environ, VIRTUAL_ENV=str(ROOT / ".venv"))
@@ -55,7 +57,7 @@ def run(model: Path, rows: Path, out: Path, new_tokens: int, flags: list[str],
     out.unlink(missing_ok=True)
     Path(f"{out}.rejects.jsonl").unlink(missing_ok=True)
     cmd = [str(binary), "batch", str(rows), str(out), "--model", str(model), "--max-new-tokens",
-           str(new_tokens), "--suppress-eos", *flags]
+           str(new_tokens), "--suppress-eos", *flags_for(binary, "batch", flags)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=ENV)
     secs = time.perf_counter() - start

@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from old_binary import flags_for
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "target" / "release" / "aligner"
 ENV = dict(os.environ, VIRTUAL_ENV=str(ROOT / ".venv"))
@@ -65,7 +67,8 @@ def rss_mb(pid: int) -> float:
 def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namespace,
             binary: Path = BIN) -> dict:
     port = free_port()
-    cmd = [str(binary), "serve", "--model", str(model), "--port", str(port), "--queue", "64", *flags]
+    cmd = [str(binary), "serve", "--model", str(model), "--port", str(port), "--queue", "64",
+           *flags_for(binary, "serve", flags)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1/correct"
     try:

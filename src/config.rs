@@ -27,10 +27,10 @@ pub struct GenerationConfig {
     /// Mask EOS tokens out of the logits, as onnxruntime-genai's `min_length` does, so a run
     /// always reaches `max_new_tokens` (benchmarks and parity tests need fixed lengths).
     pub suppress_eos: bool,
-    /// Draft from the answer being corrected and verify drafts in one pass (greedy only;
-    /// output is identical either way).
+    /// Draft from the answer being corrected and verify drafts in one pass. Greedy output is
+    /// the plain greedy output, up to near-ties that the multi-token pass's kernels can flip.
     pub copy_drafts: bool,
-    /// Upper bound of the adaptive draft length.
+    /// Length of the first draft and upper bound of the adaptive draft length.
     pub max_draft_tokens: usize,
     /// Longest prompt accepted, in tokens (`None`: whatever the context holds). A server sets
     /// it so that one request cannot hold a worker for a very long prompt pass.
@@ -58,7 +58,7 @@ impl Default for GenerationConfig {
             stop: Vec::new(),
             suppress_eos: false,
             copy_drafts: true,
-            max_draft_tokens: 16,
+            max_draft_tokens: 32,
             max_prompt_tokens: None,
             reuse_prefix: true,
         }

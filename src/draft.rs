@@ -18,11 +18,15 @@ const MAX_NGRAM: usize = 4;
 const MIN_NGRAM: usize = 2;
 
 impl CopyDrafter {
+    /// A drafter over `source`. The first draft is as long as allowed: an Aligner's correction
+    /// mostly copies the answer, and a k-token pass costs far less than k single steps (on the
+    /// default model with 2 threads, 15 ms for 16 tokens and 25 ms for 32, against 5.6 ms for
+    /// one), so a long first draft saves passes; a rejection shrinks it at once.
     pub fn new(source: Vec<u32>, max_draft: usize) -> Self {
         CopyDrafter {
             source,
             pointer: None,
-            draft_len: max_draft.clamp(1, 4),
+            draft_len: max_draft.max(1),
             max_draft: max_draft.max(1),
         }
     }
@@ -144,16 +148,19 @@ mod tests {
 
     #[test]
     fn starts_at_the_beginning_and_follows_accepted_copies() {
-        let mut d = CopyDrafter::new(vec![10, 11, 12, 13, 14, 15], 8);
-        assert_eq!(d.propose(&[], 8), &[10, 11, 12, 13]);
+        let mut d = CopyDrafter::new(vec![10, 11, 12, 13, 14, 15, 16, 17, 18], 4);
+        assert_eq!(d.propose(&[], 8), &[10, 11, 12, 13], "the first draft is the longest");
         d.feedback(4, 4);
-        assert_eq!(d.draft_len(), 8, "full acceptance doubles the draft");
-        assert_eq!(d.propose(&[10, 11, 12, 13, 14], 8), &[15]);
+        assert_eq!(d.propose(&[10, 11, 12, 13, 14], 8), &[15, 16, 17, 18]);
+        d.feedback(4, 1);
+        assert_eq!(d.draft_len(), 2, "a rejection shrinks the draft");
+        d.feedback(2, 2);
+        assert_eq!(d.draft_len(), 4, "full acceptance doubles it, up to the cap");
     }
 
     #[test]
     fn rejection_shrinks_the_draft_and_realigns_after_an_edit() {
-        let mut d = CopyDrafter::new(vec![1, 2, 3, 4, 5, 6, 7, 8, 9], 8);
+        let mut d = CopyDrafter::new(vec![1, 2, 3, 4, 5, 6, 7, 8, 9], 4);
         assert_eq!(d.propose(&[], 8), &[1, 2, 3, 4]);
         d.feedback(4, 1);
         assert_eq!(d.draft_len(), 2);

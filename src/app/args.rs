@@ -180,10 +180,11 @@ pub struct GenArgs {
     /// Stop when this text appears (repeatable).
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
-    /// Turn off copy-draft speculative decoding for corrections (output is identical).
+    /// Turn off copy-draft speculative decoding for corrections (same greedy output, up to
+    /// kernel near-ties).
     #[arg(long)]
     pub no_draft: bool,
-    /// Upper bound of the adaptive copy-draft length.
+    /// Length of the first copy draft and cap of the adaptive length [default: 32].
     #[arg(long, value_name = "N")]
     pub max_draft_tokens: Option<usize>,
     /// Never produce EOS tokens (their logits are masked), so runs have fixed lengths.
