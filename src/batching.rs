@@ -9,8 +9,9 @@
 //! [`TokenSink`] (EOS, stop strings, budget, cancellation), exactly as it would alone. A
 //! finished sequence frees its slot at once for the next one.
 //!
-//! Batched sequences decode plainly: copy drafts need per-sequence verification passes of
-//! different lengths, which one batched pass cannot give.
+//! Batched sequences decode plainly. Verifying copy drafts in a batch would feed each row
+//! several tokens after its own past, which ONNX Runtime 1.31's CPU GroupQueryAttention
+//! refuses ("batch_size must be 1 when sequence_length > 1 and past context is given").
 
 use std::time::Instant;
 
