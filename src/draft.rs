@@ -149,13 +149,21 @@ mod tests {
     #[test]
     fn starts_at_the_beginning_and_follows_accepted_copies() {
         let mut d = CopyDrafter::new(vec![10, 11, 12, 13, 14, 15, 16, 17, 18], 4);
-        assert_eq!(d.propose(&[], 8), &[10, 11, 12, 13], "the first draft is the longest");
+        assert_eq!(
+            d.propose(&[], 8),
+            &[10, 11, 12, 13],
+            "the first draft is the longest"
+        );
         d.feedback(4, 4);
         assert_eq!(d.propose(&[10, 11, 12, 13, 14], 8), &[15, 16, 17, 18]);
         d.feedback(4, 1);
         assert_eq!(d.draft_len(), 2, "a rejection shrinks the draft");
         d.feedback(2, 2);
-        assert_eq!(d.draft_len(), 4, "full acceptance doubles it, up to the cap");
+        assert_eq!(
+            d.draft_len(),
+            4,
+            "full acceptance doubles it, up to the cap"
+        );
     }
 
     #[test]
