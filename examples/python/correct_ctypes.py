@@ -126,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     model = Model(lib, args.model)
     pieces: list[str] = []
     enough = threading.Event()
+    cancelled = threading.Event()
 
     def on_piece(text: str) -> bool:
         pieces.append(text)
         sys.stdout.write(text)
         sys.stdout.flush()
-        if args.cancel_after and len(pieces) >= args.cancel_after:
+        if args.cancel_after and len(pieces) == args.cancel_after:
             enough.set()
+            # Hold this piece until the cancel has landed, so the run stops at its next piece:
+            # a copy-draft pass can stream a whole copied sentence within microseconds.
+            cancelled.wait(timeout=60)
         return True
 
     out: dict = {}
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cancel_after:
         enough.wait(timeout=60)
         model.cancel()  # from this thread, while the correction runs on the worker
+        cancelled.set()
     worker.join()
     out["pieces"] = len(pieces)
     # A cancelled run also returns the piece it was cut off in; otherwise streamed == returned.
