@@ -17,15 +17,6 @@ const CLIENTS: usize = 4;
 const WARMUP: Duration = Duration::from_secs(3);
 const RUN: Duration = Duration::from_secs(20);
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// Drives the server with CLIENTS threads for `how_long`; returns (status, latency) per request.
 fn drive(server: &Server, how_long: Duration) -> Vec<(u16, Duration)> {
     let results = Arc::new(Mutex::new(Vec::new()));

@@ -22,13 +22,6 @@ fn load() -> Aligner {
     .unwrap()
 }
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb / 1024.0
-}
-
 /// Corrects `pairs` with one handle, greedy, copy drafts on or off by pair (both paths run).
 fn correct_all(
     model: &mut Aligner,
@@ -55,7 +48,7 @@ fn shared_handles_run_at_once_like_one_handle_and_hold_one_copy_of_the_weights()
     let indexed: Vec<(usize, &(String, String))> = pairs.iter().enumerate().collect();
     let mut first = load();
     let alone = correct_all(&mut first, &indexed);
-    let before = rss_mb();
+    let before = rss_mb(std::process::id());
 
     let mut second = first.share().unwrap();
     let (evens, odds): (Vec<_>, Vec<_>) = indexed.iter().partition(|(i, _)| i % 4 < 2);
@@ -73,7 +66,7 @@ fn shared_handles_run_at_once_like_one_handle_and_hold_one_copy_of_the_weights()
         });
         (a.join().unwrap(), b.join().unwrap())
     });
-    let grown = rss_mb() - before;
+    let grown = rss_mb(std::process::id()) - before;
 
     // One thread each, the same session: the same kernels, so every token must agree.
     for run in [&a, &b] {

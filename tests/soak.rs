@@ -18,17 +18,6 @@ use common::http::*;
 use common::*;
 use serde_json::json;
 
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// A tiny reproducible generator, so a failing mix can be replayed.
 struct Lcg(u64);
 

@@ -20,6 +20,21 @@ pub fn workload_pairs() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Resident memory of process `pid` (`VmRSS`), in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// [`rss_kb`] in MB.
+pub fn rss_mb(pid: u32) -> f64 {
+    rss_kb(pid) as f64 / 1024.0
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
