@@ -1,10 +1,12 @@
 //! On-disk cache of the optimized CPU graph, so that the second start of a model is fast.
 //!
-//! Most of a CPU session's start is spent optimizing the graph. The first start asks ONNX
-//! Runtime to write the optimized graph to a cache folder; later starts load that with
-//! optimization off (and prepack the weights again, which is quick). The key covers everything the result depends on: the model files (size and mtime),
-//! the ONNX Runtime version and the CPU's feature flags (prepacked layouts are CPU-specific).
-//! A cache entry that fails to load is deleted and the model loads from its folder.
+//! The first start asks ONNX Runtime to write the optimized graph, with its prepacked weights,
+//! to a cache folder; later starts load that with optimization off and map the prepacked
+//! weights instead of computing them (see `startup` for why, and for the check an entry
+//! passes before it is published). The key covers everything the result depends on: the
+//! model files (size and mtime), the ONNX Runtime version and the CPU's feature flags
+//! (prepacked layouts are CPU-specific). A cache entry that fails to load is deleted and the
+//! model loads from its folder.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,9 +16,10 @@ use sha2::{Digest, Sha256};
 const MODEL_FILE: &str = "model.onnx";
 const DATA_FILE: &str = "model.onnx.data";
 
-/// Entries kept per cache folder, most recently used first. An entry is as big as the model
-/// (about 160 MB for the default one), and every re-exported folder gets a new key, so
-/// without a limit the cache grew by one model per rebuild (1.6 GB on the development VM).
+/// Entries kept per cache folder, most recently used first. An entry is about twice the
+/// model (326 MB for the default one: its weights and their prepacked copy), and every
+/// re-exported folder gets a new key, so without a limit the cache grew by one model per
+/// rebuild (1.6 GB on the development VM).
 const KEEP_ENTRIES: usize = 4;
 
 /// A staging folder older than this was left by a process that died while writing it.
@@ -32,8 +35,9 @@ impl GraphCache {
     pub fn new(root: &Path, model_path: &Path, ort_version: &str) -> GraphCache {
         let mut key = Sha256::new();
         key.update(env!("CARGO_PKG_VERSION"));
-        // Bumped when what is stored changes (2: the graph only, no prepacked weights).
-        key.update(b"format 2");
+        // Bumped when what is stored changes (2: the graph only; 3: prepacked weights too,
+        // once checked).
+        key.update(b"format 3");
         key.update(ort_version);
         key.update(cpu_flags());
         let canonical = model_path

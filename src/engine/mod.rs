@@ -32,8 +32,9 @@ pub mod graph_cache;
 mod io;
 mod session;
 mod shared;
+mod startup;
 use io::{tensor_type, InputRole};
-use session::{build_session, int_tensor};
+use session::int_tensor;
 
 /// The smallest shared KV buffer allocated, in positions (about 12 MB for SmolLM2-135M).
 const MIN_KV_POSITIONS: usize = 256;
@@ -118,16 +119,24 @@ pub struct OnnxDecoder {
 }
 
 impl OnnxDecoder {
+    /// Starts a decoder over `folder`'s graph, through the graph cache when `config` has one.
     pub fn load(
         runtime: &OrtRuntime,
         folder: &ModelFolder,
         config: &EngineConfig,
     ) -> Result<OnnxDecoder> {
-        let path = folder.model_path();
-        let (session, report) = build_session(runtime, folder, &path, config)?;
+        startup::load(runtime, folder, config)
+    }
+
+    fn from_session(
+        session: Session,
+        report: ProviderReport,
+        folder: &ModelFolder,
+        path: &std::path::Path,
+    ) -> Result<OnnxDecoder> {
         let d = &folder.genai.model.decoder;
-        let (roles, kv_dtype) = io::input_roles(&session, folder, &path)?;
-        let present_names = io::present_names(&session, folder, &path)?;
+        let (roles, kv_dtype) = io::input_roles(&session, folder, path)?;
+        let present_names = io::present_names(&session, folder, path)?;
         let vocab_size = folder.genai.model.vocab_size;
         let input_names = session
             .inputs()
@@ -159,7 +168,7 @@ impl OnnxDecoder {
                 AllocatorType::Device,
                 MemoryType::CPUOutput,
             )
-            .map_err(Error::ort_load(&path))?,
+            .map_err(Error::ort_load(path))?,
             kv_allocator: None,
             batch: None,
             report,

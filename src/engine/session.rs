@@ -1,6 +1,7 @@
-//! Session creation (providers, options, placement report) and small input tensors.
+//! Session creation (providers, options, the graph cache, placement report) and small input
+//! tensors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
@@ -13,34 +14,39 @@ use crate::folder::ModelFolder;
 use crate::provider::{self, Provider, ProviderReport};
 use crate::runtime::{self as ort_runtime, OrtRuntime, PlacementLog};
 
+/// A session and what it runs on, plus a cache entry it wrote that still needs checking.
+pub(super) struct Built {
+    pub session: Session,
+    pub report: ProviderReport,
+    /// Written with prepacked weights by this start; published only after the caller checked
+    /// that it computes what the original graph does (see `startup`).
+    pub unverified: Option<Unverified>,
+}
+
+/// A staged cache entry, not yet visible to other starts.
+pub(super) struct Unverified {
+    pub cache: GraphCache,
+    pub staged: PathBuf,
+}
+
+/// What a start that finds no cache entry writes for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CacheWrite {
+    /// The optimized graph and ONNX Runtime's prepacked weights (staged, to be checked).
+    WithPrepacked,
+    /// The optimized graph only (published at once); the weights are prepacked at each start.
+    GraphOnly,
+}
+
 pub(super) fn build_session(
     runtime: &OrtRuntime,
     folder: &ModelFolder,
     path: &Path,
     config: &EngineConfig,
-) -> Result<(Session, ProviderReport)> {
-    let rejected = |e: String| {
-        Error::load(
-            path,
-            format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
-        )
-    };
-    // Verbose so that the placement summary is logged; this session's logger keeps only
-    // that (see runtime::PlacementLog).
-    let placements = PlacementLog::default();
-    let mut builder = Session::builder(&runtime.env)
-        .map_err(|e| rejected(e.to_string()))?
-        .with_logger(placements.logger())
-        .map_err(|e| rejected(e.to_string()))?
-        .with_log_level(ort::logging::LogLevel::Verbose)
-        .map_err(|e| rejected(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| rejected(e.to_string()))?;
-    if let Some(n) = config.threads {
-        builder = builder
-            .with_intra_threads(n)
-            .map_err(|e| rejected(e.to_string()))?;
-    }
+    write: CacheWrite,
+) -> Result<Built> {
+    let rejected = |e: ort::Error| rejected(path, e);
+    let (mut builder, placements) = base_builder(runtime, config).map_err(rejected)?;
     let available = ort_runtime::available_providers();
     let (provider, notes) = provider::register(&mut builder, &config.provider, folder, &available)?;
     placements.take(); // registration may log; only the commit's placement counts
@@ -50,18 +56,62 @@ pub(super) fn build_session(
         .as_ref()
         .filter(|_| provider == Provider::Cpu)
         .map(|root| GraphCache::new(root, path, &runtime.version));
-    let session = match cache {
-        Some(cache) => commit_with_cache(builder, path, &cache),
-        None => builder.commit_from_file(path),
+    let (session, unverified) = match cache {
+        Some(cache) => commit_with_cache(builder, path, cache, write),
+        None => builder.commit_from_file(path).map(|s| (s, None)),
     }
-    .map_err(|e| rejected(e.to_string()))?;
+    .map_err(rejected)?;
     let report = ProviderReport {
         provider,
         device_id: provider.is_gpu().then_some(config.provider.device_id),
         notes,
         placements: provider::parse_placements(&placements.take()),
     };
-    Ok((session, report))
+    Ok(Built {
+        session,
+        report,
+        unverified,
+    })
+}
+
+/// A CPU session over an optimized graph that `build_session` wrote: optimization off.
+pub(super) fn load_optimized(
+    runtime: &OrtRuntime,
+    model: &Path,
+    config: &EngineConfig,
+) -> Result<Session> {
+    base_builder(runtime, config)
+        .and_then(|(b, _)| {
+            b.with_optimization_level(GraphOptimizationLevel::Disable)
+                .map_err(ort::Error::from)
+        })
+        .and_then(|mut b| b.commit_from_file(model))
+        .map_err(|e| rejected(model, e))
+}
+
+fn rejected(path: &Path, e: ort::Error) -> Error {
+    Error::load(
+        path,
+        format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
+    )
+}
+
+/// Logger, optimization level and threads; no provider registered yet.
+fn base_builder(
+    runtime: &OrtRuntime,
+    config: &EngineConfig,
+) -> ort::Result<(SessionBuilder, PlacementLog)> {
+    // Verbose so that the placement summary is logged; this session's logger keeps only
+    // that (see runtime::PlacementLog).
+    let placements = PlacementLog::default();
+    let mut builder = Session::builder(&runtime.env)?
+        .with_logger(placements.logger())?
+        .with_log_level(ort::logging::LogLevel::Verbose)?
+        .with_optimization_level(GraphOptimizationLevel::All)?;
+    if let Some(n) = config.threads {
+        builder = builder.with_intra_threads(n)?;
+    }
+    Ok((builder, placements))
 }
 
 /// Loads the cached optimized graph when there is one; otherwise optimizes `path` and has
@@ -69,8 +119,9 @@ pub(super) fn build_session(
 fn commit_with_cache(
     mut builder: SessionBuilder,
     path: &Path,
-    cache: &GraphCache,
-) -> ort::Result<Session> {
+    cache: GraphCache,
+    write: CacheWrite,
+) -> ort::Result<(Session, Option<Unverified>)> {
     if let Some(cached) = cache.cached_model() {
         let loaded = builder
             .clone()
@@ -80,13 +131,14 @@ fn commit_with_cache(
         match loaded {
             Ok(session) => {
                 cache.touch();
-                return Ok(session);
+                return Ok((session, None));
             }
             Err(_) => cache.invalidate(), // stale or damaged: rebuild it below
         }
     }
     let Ok(staged) = cache.staging() else {
-        return builder.commit_from_file(path); // cache folder not writable: just run
+        // Cache folder not writable: just run.
+        return builder.commit_from_file(path).map(|s| (s, None));
     };
     let writing = |builder: SessionBuilder| -> ort::Result<SessionBuilder> {
         Ok(builder
@@ -98,20 +150,29 @@ fn commit_with_cache(
             .with_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes",
                 "1024",
+            )?
+            // The prepacked blobs go to the data file; a later start maps them from there
+            // instead of prepacking again (most of a start) into heap memory of its own.
+            .with_config_entry(
+                "session.save_external_prepacked_constant_initializers",
+                if write == CacheWrite::WithPrepacked {
+                    "1"
+                } else {
+                    "0"
+                },
             )?)
-        // Not `session.save_external_prepacked_constant_initializers`: ONNX Runtime 1.31 writes
-        // MatMulNBits blobs that decode wrongly for some shapes (the tiny int8 model's K=64
-        // layers gave NaN logits), and loading them saves nothing measurable on the default
-        // model (0.17 s against 0.18 s): prepacking at load is cheap, optimizing is not.
     };
     match writing(builder.clone()).and_then(|mut b| b.commit_from_file(path)) {
+        Ok(session) if write == CacheWrite::WithPrepacked => {
+            Ok((session, Some(Unverified { cache, staged })))
+        }
         Ok(session) => {
             cache.commit(&staged);
-            Ok(session)
+            Ok((session, None))
         }
         Err(_) => {
             cache.discard_staging(&staged);
-            builder.commit_from_file(path)
+            builder.commit_from_file(path).map(|s| (s, None))
         }
     }
 }

@@ -30,6 +30,16 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Anonymous (heap, not file-backed) memory of process `pid`, in kB.
+pub fn anonymous_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 /// [`rss_kb`] in MB.
 pub fn rss_mb(pid: u32) -> f64 {
     rss_kb(pid) as f64 / 1024.0
