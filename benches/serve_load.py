@@ -57,11 +57,19 @@ def post(url: str, body: dict) -> tuple[int, float]:
     return status, time.perf_counter() - start
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> dict:
+    """Resident memory now (VmRSS), its peak (VmHWM), and the anonymous part: heap, not pages
+    of mapped files, which other processes on the same model share."""
+    fields = {"VmRSS:": "rss_mb", "VmHWM:": "peak_rss_mb"}
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        name = line.split(maxsplit=1)[0] if line else ""
+        if name in fields:
+            out[fields[name]] = int(line.split()[1]) / 1024
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            out["anon_mb"] = int(line.split()[1]) / 1024
+    return out
 
 
 def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namespace,
@@ -100,7 +108,7 @@ def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namesp
         for t in threads:
             t.join()
         secs = time.perf_counter() - start
-        rss = rss_mb(proc.pid)
+        memory = memory_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -111,8 +119,7 @@ def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namesp
         "p99_ms": 1000 * ok[int(0.99 * (len(ok) - 1))],
         "lone_p50_ms": 1000 * statistics.median(lone),
         "errors": sum(1 for s, _ in results if s != 200),
-        "rss_mb": rss,
-    }
+    } | memory
 
 
 def main() -> None:
@@ -137,11 +144,12 @@ def main() -> None:
     base = report["baseline-bin" if a.baseline_bin else BASELINE]["req_s"]
     print(f"{a.clients} clients, {a.seconds:.0f} s, {a.max_tokens} max tokens, default model")
     print(f"{'setting':20} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8} {'lone ms':>8} "
-          f"{'p50/lone':>8} {'RSS MB':>7} {'errors':>6}")
+          f"{'p50/lone':>8} {'RSS MB':>7} {'peak MB':>7} {'anon MB':>7} {'errors':>6}")
     for name, r in report.items():
         r["over_baseline"] = r["req_s"] / base
         print(f"{name:20} {r['req_s']:7.2f} {r['over_baseline']:7.2f} {r['p50_ms']:8.0f} {r['p99_ms']:8.0f} "
-              f"{r['lone_p50_ms']:8.0f} {r['p50_ms'] / r['lone_p50_ms']:8.2f} {r['rss_mb']:7.0f} {r['errors']:6d}")
+              f"{r['lone_p50_ms']:8.0f} {r['p50_ms'] / r['lone_p50_ms']:8.2f} {r['rss_mb']:7.0f} {r['peak_rss_mb']:7.0f} "
+              f"{r['anon_mb']:7.0f} {r['errors']:6d}")
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 
