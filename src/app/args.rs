@@ -67,8 +67,9 @@ pub struct ModelArgs {
     /// Build TensorRT engines without fp16 kernels.
     #[arg(long)]
     pub no_trt_fp16: bool,
-    /// Where optimized CPU graphs are cached so that later starts are fast: on by default
-    /// under ~/.cache/aligner/graphs (or $XDG_CACHE_HOME); `off` optimizes on every start.
+    /// Where optimized CPU graphs and their prepacked weights are cached so that later starts
+    /// are fast and map the weights: on by default under ~/.cache/aligner/graphs (or
+    /// $XDG_CACHE_HOME); `off` optimizes and prepacks on every start.
     #[arg(long, value_name = "DIR|default|off", env = "ALIGNER_GRAPH_CACHE")]
     pub graph_cache: Option<String>,
 }
