@@ -20,24 +20,24 @@ pub fn workload_pairs() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Resident memory of process `pid` (`VmRSS`), in kB.
-pub fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// The kB figure of line `field` (`VmRSS:`) in `/proc/PID/FILE`.
+fn proc_kb(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
 
+/// Resident memory of process `pid` (`VmRSS`), in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    proc_kb(pid, "status", "VmRSS:")
+}
+
 /// Anonymous (heap, not file-backed) memory of process `pid`, in kB.
 pub fn anonymous_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Anonymous:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+    proc_kb(pid, "smaps_rollup", "Anonymous:")
 }
 
 /// [`rss_kb`] in MB.
