@@ -39,6 +39,7 @@ pub(super) fn load(
     let Ok(expected) = probe(&mut engine) else {
         // The run itself fails: leave that to the caller's first real pass to report.
         entry.cache.discard_staging(&entry.staged);
+        engine.truncate_cache(0)?;
         return Ok(engine);
     };
     // One model's weights in memory at a time, also while checking; and the heap that held
@@ -48,13 +49,18 @@ pub(super) fn load(
     let checked = load_optimized(runtime, &entry.staged, config)
         .and_then(|s| OnnxDecoder::from_session(s, report, folder, &path))
         .and_then(|mut e| probe(&mut e).map(|logits| (e, logits)));
-    match checked {
-        Ok((mut engine, logits)) if agree(&expected, &logits) => {
+    // A rejected entry's session is dropped here, before the rebuild below.
+    let verified = match checked {
+        Ok((engine, logits)) if agree(&expected, &logits) => Some(engine),
+        _ => None,
+    };
+    match verified {
+        Some(mut engine) => {
             entry.cache.commit(&entry.staged);
             engine.truncate_cache(0)?;
             Ok(engine)
         }
-        _ => {
+        None => {
             entry.cache.discard_staging(&entry.staged);
             let built = build_session(runtime, folder, &path, config, CacheWrite::GraphOnly)?;
             OnnxDecoder::from_session(built.session, built.report, folder, &path)
