@@ -3,23 +3,35 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::http::*;
 use common::*;
 use serde_json::json;
 
-/// Size of the data file of the one entry under `cache`.
-fn entry_data_bytes(cache: &Path) -> u64 {
+/// The one entry under `cache`.
+fn the_entry(cache: &Path) -> PathBuf {
     let entries: Vec<_> = std::fs::read_dir(cache).unwrap().flatten().collect();
     assert_eq!(entries.len(), 1, "one entry, no staging left behind");
-    entries[0]
-        .path()
+    entries[0].path()
+}
+
+/// Size of the data file of the one entry under `cache`.
+fn entry_data_bytes(cache: &Path) -> u64 {
+    the_entry(cache)
         .join("model.onnx.data")
         .metadata()
         .unwrap()
         .len()
+}
+
+/// Greedy tokens of `aligner generate --model MODEL PROMPT... --graph-cache CACHE`.
+fn generated_tokens(model: &Path, prompt: &[&str], cache_arg: &str) -> serde_json::Value {
+    let m = model.to_str().unwrap();
+    let head = ["generate", "--model", m, "--max-new-tokens", "12", "--json"];
+    let tail = ["--graph-cache", cache_arg];
+    json_of(&[&head[..], prompt, &tail[..]].concat())["tokens"].clone()
 }
 
 fn data_bytes(model: &Path) -> u64 {
@@ -31,28 +43,12 @@ fn graph_cache_is_written_once_then_reused_with_identical_output() {
     let model = default_model();
     let cache = tempfile::tempdir().unwrap();
     let args = |cache_arg: &str| {
-        let mut c = aligner();
-        c.args([
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "The capital of France is",
-            "--max-new-tokens",
-            "12",
-            "--json",
-            "--graph-cache",
-            cache_arg,
-        ]);
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["tokens"].clone()
+        generated_tokens(&model, &["--prompt", "The capital of France is"], cache_arg)
     };
     let dir = cache.path().to_str().unwrap();
     let first = args(dir);
-    let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
-    assert_eq!(entries.len(), 1, "one entry, no staging left behind");
-    assert!(entries[0].path().join("model.onnx").is_file());
+    let entry_dir = the_entry(cache.path());
+    assert!(entry_dir.join("model.onnx").is_file());
     // The default model's prepacked weights pass the check: the entry holds them too.
     let (entry, folder) = (entry_data_bytes(cache.path()), data_bytes(&model));
     assert!(
@@ -62,17 +58,9 @@ fn graph_cache_is_written_once_then_reused_with_identical_output() {
     assert_eq!(args(dir), first, "the cached graph gives the same tokens");
     assert_eq!(args("off"), first);
     // A damaged entry is dropped and rebuilt, not fatal.
-    std::fs::write(entries[0].path().join("model.onnx"), b"not a model").unwrap();
+    std::fs::write(entry_dir.join("model.onnx"), b"not a model").unwrap();
     assert_eq!(args(dir), first);
-    assert!(
-        entries[0]
-            .path()
-            .join("model.onnx")
-            .metadata()
-            .unwrap()
-            .len()
-            > 100
-    );
+    assert!(entry_dir.join("model.onnx").metadata().unwrap().len() > 100);
 }
 
 /// The tiny int8 model once decoded to all token 0 from its cached graph: ONNX Runtime 1.31
@@ -83,22 +71,8 @@ fn graph_cache_is_written_once_then_reused_with_identical_output() {
 fn the_tiny_int8_model_decodes_the_same_from_its_cached_graph() {
     let model = root().join("models/tiny-llama-int8");
     let cache = tempfile::tempdir().unwrap();
-    let tokens = |cache_arg: &str| {
-        json_of(&[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt-ids",
-            "1,2,3,4",
-            "--max-new-tokens",
-            "12",
-            "--suppress-eos",
-            "--json",
-            "--graph-cache",
-            cache_arg,
-        ])["tokens"]
-            .clone()
-    };
+    let prompt = ["--prompt-ids", "1,2,3,4", "--suppress-eos"];
+    let tokens = |cache_arg: &str| generated_tokens(&model, &prompt, cache_arg);
     let dir = cache.path().to_str().unwrap();
     let uncached = tokens("off");
     assert_eq!(tokens(dir), uncached, "the start that writes the cache");
