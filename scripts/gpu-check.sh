@@ -4,7 +4,8 @@
 # The bundle made by scripts/gpu-pack.sh travels in parts, one per call to a warm machine:
 #   call k:   carry=[".gpu-parts/bundle.tar.zst.part-0k", ".gpu-parts/PARTS", ".gpu-parts/bundle.sha256"]
 #             command: scripts/gpu-check.sh receive
-#   last:     the same with the last part, then: scripts/gpu-check.sh run
+#   last:     the same with the last part and ".gpu-parts/tools" (zstd, in case the machine
+#             lacks it), then: scripts/gpu-check.sh run
 # (or `scripts/gpu-check.sh receive run` in the call that brings the last part).
 #
 # `run` reassembles and verifies the bundle, installs the onnxruntime-gpu libraries in
@@ -30,6 +31,8 @@ receive() {
         [ -f "$f" ] || continue
         cp "$f" "$STAGE/parts/" && got=$((got + 1))
     done
+    # zstd itself, in case the GPU machine lacks it (gpu-pack.sh copies it with its libraries).
+    if [ -d .gpu-parts/tools ]; then mkdir -p "$STAGE/tools" && cp .gpu-parts/tools/* "$STAGE/tools/"; fi
     echo "received $got files; staged: $(ls "$STAGE/parts" | grep -c part-) of $(cat "$STAGE/parts/PARTS" 2>/dev/null | wc -l) parts"
 }
 
@@ -42,13 +45,16 @@ install_bundle() {
     (cd "$parts" && xargs cat < PARTS > bundle.tar.zst && sha256sum --check --quiet bundle.sha256) \
         || { echo "error: the reassembled bundle does not match bundle.sha256" >&2; return 1; }
     rm -rf "$STAGE/bundle" && mkdir -p "$STAGE/bundle"
-    zstd -q -d -c "$parts/bundle.tar.zst" | tar -C "$STAGE/bundle" -xf -
+    local unzstd=(zstd)
+    command -v zstd >/dev/null || unzstd=(env LD_LIBRARY_PATH="$STAGE/tools" "$STAGE/tools/zstd")
+    "${unzstd[@]}" -q -d -c "$parts/bundle.tar.zst" | tar -C "$STAGE/bundle" -xf - \
+        || { echo "error: could not unpack the bundle (zstd missing? carry .gpu-parts/tools)" >&2; return 1; }
     echo "installed: $(ls "$STAGE/bundle/ort-gpu" | tr '\n' ' ')"
 }
 
 tokens() {  # tokens MODEL EP -> space-separated greedy tokens (or FAIL: reason)
     local out
-    if out=$("$BIN" generate --model "$1" --ep "$2" --ort-lib "$ORT" --prompt "The capital of France is" \
+    if out=$(timeout 120 "$BIN" generate --model "$1" --ep "$2" --ort-lib "$ORT" --prompt "The capital of France is" \
             --max-new-tokens $NEW_TOKENS --suppress-eos --temperature 0 --json 2>"$STAGE/last.err"); then
         echo "$out" | python3 -c 'import json,sys; print(" ".join(map(str, json.load(sys.stdin)["tokens"])))'
     else
@@ -79,7 +85,19 @@ run_checks() {
     install_bundle || return 1
     BIN="$STAGE/bundle/aligner"
     ORT="$STAGE/bundle/ort-gpu/libonnxruntime.so.1.31.1"
-    export LD_LIBRARY_PATH="$STAGE/bundle/ort-gpu:${LD_LIBRARY_PATH:-}"
+    # The CUDA provider needs cuBLAS, cuRAND and the CUDA runtime (13); TensorRT's provider also
+    # needs libnvinfer 10 and cuDNN 9. The GPU image ships CUDA as pip packages beside PyTorch.
+    local pysite cuda_dirs
+    pysite=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
+    cuda_dirs=$(timeout 60 find ${pysite:+"$pysite"} /usr/local/cuda/lib64 /usr/local/nvidia /usr/lib/x86_64-linux-gnu /opt \
+        \( -name 'libcudart.so.13*' -o -name 'libcublas*.so.13*' -o -name 'libcurand.so.10*' \
+        -o -name 'libcuda.so.1' -o -name 'libcudnn.so.9*' -o -name 'libnvinfer.so.10*' -o -name 'libnvonnxparser.so.10*' \) \
+        -printf '%h\n' 2>/dev/null | sort -u | paste -sd: -)
+    echo "CUDA libraries found in: ${cuda_dirs:-nowhere}"
+    export LD_LIBRARY_PATH="$STAGE/bundle/ort-gpu${cuda_dirs:+:$cuda_dirs}:${LD_LIBRARY_PATH:-}"
+    for lib in "$STAGE"/bundle/ort-gpu/libonnxruntime_providers_{cuda,tensorrt}.so; do
+        echo "$(basename "$lib") unresolved: $(ldd "$lib" | grep -c 'not found') $(ldd "$lib" | awk '/not found/ {printf "%s ", $1}')"
+    done
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     "$BIN" info --model "$STAGE/bundle/models/tiny-llama-fp32" --ort-lib "$ORT" --ep auto | tail -3
     local failures=0
@@ -94,12 +112,19 @@ run_checks() {
         done
     done
     echo "decode speed, default model (64 new tokens after a 122-token prompt, median of 5):"
-    for ep in cpu cuda tensorrt; do
-        "$BIN" bench --model "$STAGE/bundle/models/smollm2-135m-instruct-int8" --ort-lib "$ORT" --ep $ep \
-            --json 2>/dev/null \
-            | python3 -c "import json,sys; v=json.load(sys.stdin); print(f\"  $ep: decode {v['decode_tok_s']:.1f} tok/s, prefill {v['prefill_tok_s']:.0f} tok/s, ttft {v['ttft_ms']:.1f} ms\")" 2>/dev/null \
-            || echo "  $ep: bench failed: $("$BIN" info --model "$STAGE/bundle/models/tiny-llama-fp32" --ort-lib "$ORT" --ep $ep 2>&1 | tail -1 | cut -c1-300)"
+    local default="$STAGE/bundle/models/smollm2-135m-instruct-int8"
+    for run in "cpu" "cpu --threads 2" "cuda" "cuda --cuda-graph" "tensorrt"; do
+        # shellcheck disable=SC2086 # $run is an EP followed by its options
+        timeout 120 "$BIN" bench --model "$default" --ort-lib "$ORT" --ep $run --no-corrections \
+            --json 2>"$STAGE/last.err" \
+            | python3 -c "import json,sys; v=json.load(sys.stdin); print(f\"  $run: decode {v['decode_tok_s']:.1f} tok/s, prefill {v['prefill_tok_s']:.0f} tok/s, ttft {v['ttft_ms']:.1f} ms\")" 2>/dev/null \
+            || echo "  $run: bench failed: $(tail -1 "$STAGE/last.err" | cut -c1-600)"
     done
+    echo "corrections on cuda (16 workload pairs, 1 run; JSON in $STAGE/corrections-cuda.json):"
+    timeout 180 "$BIN" bench --model "$default" --ort-lib "$ORT" --ep cuda --correction-runs 1 --json \
+        >"$STAGE/corrections-cuda.json" 2>"$STAGE/last.err" \
+        && python3 -c "import json,sys; v=json.load(open(sys.argv[1])); print('  ' + json.dumps({k: x for k, x in v.items() if not isinstance(x, (list, dict))}))" "$STAGE/corrections-cuda.json" \
+        || echo "  failed: $(tail -1 "$STAGE/last.err" | cut -c1-600)"
     echo "assertion failures: $failures"
     [ "$failures" -eq 0 ]
 }

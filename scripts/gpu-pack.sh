@@ -6,7 +6,7 @@
 #   scripts/gpu-pack.sh            # here, after `make test` (needs network access to PyPI)
 #
 # Writes the git-ignored folder .gpu-parts/:
-#   bundle.tar.zst.part-00, -01, ...   ~48 MB each
+#   bundle.tar.zst.part-00, -01, ...   44 MiB each (the tracked tree, ~19 MB, travels with each)
 #   bundle.sha256                      checksum of the whole bundle, checked after reassembly
 #   PARTS                              the part names, in order
 # The bundle holds:
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEEL_VERSION=1.31.1
-PART_SIZE=48M
+PART_SIZE=44M
 OUT=.gpu-parts
 WORK=.cache/gpu-bundle
 PY=.venv/bin/python
@@ -60,5 +60,9 @@ for p in fp32 fp16; do
 done
 tar -C "$WORK" -cf - . | zstd -q -T0 -10 -o "$OUT/bundle.tar.zst"
 (cd "$OUT" && sha256sum bundle.tar.zst > bundle.sha256 && split -b "$PART_SIZE" -d bundle.tar.zst bundle.tar.zst.part- && rm bundle.tar.zst && ls bundle.tar.zst.part-* > PARTS)
+# zstd and the libraries it links, for a GPU machine without it (carried with the last part).
+mkdir -p "$OUT/tools"
+cp "$(command -v zstd)" "$OUT/tools/"
+ldd "$(command -v zstd)" | awk '/=> \// && !/libc\.so/ {print $3}' | xargs -r cp -t "$OUT/tools/"
 echo "wrote $(wc -l < "$OUT/PARTS") parts to $OUT/:"
 ls -la "$OUT"
