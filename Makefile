@@ -158,7 +158,7 @@ lint: $(VENV)/.stamp $(CBINDGEN)
 	$(PY) scripts/module_graph.py
 
 # Parts for scripts/gpu-check.sh on a GPU machine (downloads the onnxruntime-gpu wheel).
-gpu-pack: model-zeroshot build
+gpu-pack: model build
 	scripts/gpu-pack.sh
 
 # llama.cpp for the comparison, compiled from llama-cpp-python's source distribution (no CUDA);

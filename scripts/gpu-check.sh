@@ -14,7 +14,7 @@
 #   fp32 folders: the CUDA and TensorRT tokens must equal the CPU tokens exactly;
 #   fp16 folders: the first FP16_PREFIX (16) of 32 tokens must agree (fp16 kernels accumulate
 #                 in different orders, so a later near-tie may legitimately flip);
-#   int8 folders: reported, not asserted (MatMulNBits int8 differs between providers).
+#   int8/int4 folders: reported, not asserted (MatMulNBits differs between providers).
 # Finally it prints decode tok/s for CPU, CUDA and TensorRT on the default model (aligner bench).
 # Exit status: 0 when every assertion held.
 set -uo pipefail
@@ -104,24 +104,28 @@ run_checks() {
     for model in "$STAGE"/bundle/models/*/; do
         local name precision cpu
         name=$(basename "$model")
-        case "$name" in *fp16*) precision=fp16 ;; *fp32*) precision=fp32 ;; *) precision=int8 ;; esac
+        case "$name" in *fp16*) precision=fp16 ;; *fp32*) precision=fp32 ;; *) precision=quantized ;; esac
         cpu=$(tokens "$model" cpu)
         for ep in cuda tensorrt; do
             echo "$name on $ep vs cpu ($precision):"
             compare "$cpu" "$(tokens "$model" $ep)" "$precision" || failures=$((failures + 1))
         done
     done
-    echo "decode speed, default model (64 new tokens after a 122-token prompt, median of 5):"
-    local default="$STAGE/bundle/models/smollm2-135m-instruct-int8"
-    for run in "cpu" "cpu --threads 2" "cuda" "cuda --cuda-graph" "tensorrt"; do
-        # shellcheck disable=SC2086 # $run is an EP followed by its options
-        timeout 120 "$BIN" bench --model "$default" --ort-lib "$ORT" --ep $run --no-corrections \
+    echo "decode speed (64 new tokens after a 122-token prompt, median of 5):"
+    local cpu_int8="$STAGE/bundle/models/smollm2-135m-aligner-int8"
+    local cuda_int4="$STAGE/bundle/models/smollm2-135m-aligner-int4-cuda"
+    local run
+    for run in "$cpu_int8 cpu" "$cpu_int8 cpu --threads 2" "$cpu_int8 cuda" \
+        "$cuda_int4 cpu" "$cuda_int4 cuda" "$cuda_int4 cuda --cuda-graph" "$cuda_int4 tensorrt"; do
+        # shellcheck disable=SC2086 # $run is a folder, an EP and its options
+        set -- $run
+        timeout 120 "$BIN" bench --model "$1" --ort-lib "$ORT" --ep "${@:2}" --no-corrections \
             --json 2>"$STAGE/last.err" \
-            | python3 -c "import json,sys; v=json.load(sys.stdin); print(f\"  $run: decode {v['decode_tok_s']:.1f} tok/s, prefill {v['prefill_tok_s']:.0f} tok/s, ttft {v['ttft_ms']:.1f} ms\")" 2>/dev/null \
-            || echo "  $run: bench failed: $(tail -1 "$STAGE/last.err" | cut -c1-600)"
+            | python3 -c "import json,sys; v=json.load(sys.stdin); print(f\"  $(basename "$1") ${*:2}: decode {v['decode_tok_s']:.1f} tok/s, prefill {v['prefill_tok_s']:.0f} tok/s, ttft {v['ttft_ms']:.1f} ms\")" 2>/dev/null \
+            || echo "  $(basename "$1") ${*:2}: bench failed: $(tail -1 "$STAGE/last.err" | cut -c1-600)"
     done
-    echo "corrections on cuda (16 workload pairs, 1 run; JSON in $STAGE/corrections-cuda.json):"
-    timeout 180 "$BIN" bench --model "$default" --ort-lib "$ORT" --ep cuda --correction-runs 1 --json \
+    echo "corrections on cuda, int4 cuda folder (16 workload pairs, 1 run; JSON in $STAGE/corrections-cuda.json):"
+    timeout 180 "$BIN" bench --model "$cuda_int4" --ort-lib "$ORT" --ep cuda --correction-runs 1 --json \
         >"$STAGE/corrections-cuda.json" 2>"$STAGE/last.err" \
         && python3 -c "import json,sys; v=json.load(open(sys.argv[1])); print('  ' + json.dumps({k: x for k, x in v.items() if not isinstance(x, (list, dict))}))" "$STAGE/corrections-cuda.json" \
         || echo "  failed: $(tail -1 "$STAGE/last.err" | cut -c1-600)"

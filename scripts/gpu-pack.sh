@@ -14,9 +14,11 @@
 #                   from the onnxruntime-gpu==1.31.1 wheel (CUDA 13), pinned by its sha256 below
 #   aligner         the release binary built here
 #   models/         tiny fixtures exported at fp32 and fp16 (the four architectures and the tiny
-#                   Llama GGUF) and the default int8 model
-# Sizes: libonnxruntime.so ~29 MB, libonnxruntime_providers_cuda.so ~284 MB (~186 MB
-# compressed); the whole bundle is about 270 MB, so about 6 parts.
+#                   Llama GGUF), the default model as `make model` builds it (int8 for the CPU:
+#                   fp32 activations and cache) and the same model exported for CUDA (int4,
+#                   fp16 activations and cache: what a GPU user should run)
+# Sizes: libonnxruntime.so ~29 MB, libonnxruntime_providers_cuda.so ~284 MB (~188 MB
+# compressed); the whole bundle is about 400 MB, so about 9 parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +30,7 @@ PY=.venv/bin/python
 EXPORT="env PYTHONPATH=$PWD/export $PY -m aligner_export"
 
 [ -x target/release/aligner ] || { echo "error: target/release/aligner is missing; run make test first" >&2; exit 1; }
-[ -f models/smollm2-135m-instruct-int8/model.onnx ] || { echo "error: the default model is missing; run make model first" >&2; exit 1; }
+[ -f models/smollm2-135m-aligner-int8/model.onnx ] || { echo "error: the default model is missing; run make model first" >&2; exit 1; }
 
 mkdir -p .cache/ort-gpu
 if ! ls .cache/ort-gpu/onnxruntime_gpu-$WHEEL_VERSION-*.whl >/dev/null 2>&1; then
@@ -51,7 +53,10 @@ with zipfile.ZipFile(wheel) as z:
             print("  ", base, z.getinfo(name).file_size // 1_000_000, "MB")
 PY
 cp target/release/aligner "$WORK/aligner"
-cp -r models/smollm2-135m-instruct-int8 "$WORK/models/"
+cp -r models/smollm2-135m-aligner-int8 "$WORK/models/"
+$EXPORT convert .cache/SmolLM2-135M-Instruct.Q4_1.gguf --lora train/adapters/smollm2-135m-aligner \
+    --template chatml-correction --out "$WORK/models/smollm2-135m-aligner-int4-cuda" \
+    --precision int4 --target cuda --force >/dev/null
 for p in fp32 fp16; do
     $EXPORT convert tests/fixtures/tiny-llama/tiny-llama.gguf --out "$WORK/models/tiny-llama-$p" --precision $p --force >/dev/null
     for arch in llama mistral qwen2 gemma; do

@@ -141,3 +141,28 @@ pub(super) fn present_names(
     }
     Ok(present_names)
 }
+
+/// Whether ONNX Runtime's CUDA GroupQueryAttention takes a cache of `kv_dtype`: it is
+/// registered for fp16 and bf16 only, so an fp32 graph's attention runs on the CPU provider
+/// and its shared cache must stay in host memory. With device buffers, ONNX Runtime copies
+/// the whole past to the host and the present back on every step, and (seen on an H200 with
+/// ORT 1.31.1, every fp32 and cpu-target int8 folder) greedy tokens left the CPU's after the
+/// first one.
+pub(super) fn attention_on_gpu(kv_dtype: TensorElementType) -> bool {
+    matches!(
+        kv_dtype,
+        TensorElementType::Float16 | TensorElementType::Bfloat16
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_half_precision_caches_live_on_the_gpu() {
+        assert!(attention_on_gpu(TensorElementType::Float16));
+        assert!(attention_on_gpu(TensorElementType::Bfloat16));
+        assert!(!attention_on_gpu(TensorElementType::Float32));
+    }
+}

@@ -33,7 +33,7 @@ mod io;
 mod session;
 mod shared;
 mod startup;
-use io::{tensor_type, InputRole};
+use io::{attention_on_gpu, tensor_type, InputRole};
 use session::int_tensor;
 
 /// The smallest shared KV buffer allocated, in positions (about 12 MB for SmolLM2-135M).
@@ -226,7 +226,8 @@ impl OnnxDecoder {
     }
 
     /// On a GPU: logits come back into pinned host memory, and the shared KV buffers live on
-    /// the device. A failure here is the provider's, not the model's.
+    /// the device when the attention runs there (see [`attention_on_gpu`]). A failure here is
+    /// the provider's, not the model's.
     fn use_device_memory(&mut self) -> Result<()> {
         let device = self.report.device_id.unwrap_or(0);
         let provider = self.report.provider.to_string();
@@ -241,7 +242,7 @@ impl OnnxDecoder {
             MemoryType::CPUOutput,
         )
         .map_err(unavailable)?;
-        if matches!(self.kv, KvStorage::Shared { .. }) {
+        if matches!(self.kv, KvStorage::Shared { .. }) && attention_on_gpu(self.kv_dtype) {
             let on_device = MemoryInfo::new(
                 AllocationDevice::CUDA,
                 device,
