@@ -90,9 +90,20 @@ pub(super) fn load_optimized(
 }
 
 fn rejected(path: &Path, e: ort::Error) -> Error {
+    rejection(path, e.to_string())
+}
+
+fn rejection(path: &Path, message: String) -> Error {
+    if message.contains("graph capture") {
+        // Not the file's fault: CUDA graphs need every node on the GPU, and ONNX Runtime
+        // keeps the attention mask's shape arithmetic on the CPU (seen on an H200).
+        return Error::invalid(format!(
+            "--cuda-graph needs every node on CUDA, but ONNX Runtime placed some on the CPU ({message}); run without --cuda-graph"
+        ));
+    }
     Error::load(
         path,
-        format!("ONNX Runtime rejected the model ({e}); the file may be truncated or corrupt: re-export the folder"),
+        format!("ONNX Runtime rejected the model ({message}); the file may be truncated or corrupt: re-export the folder"),
     )
 }
 
@@ -199,4 +210,22 @@ pub(super) fn int_tensor(
             t.into_dyn()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_cuda_graph_is_a_bad_flag_not_a_corrupt_file() {
+        let capture = "This session cannot use the graph capture feature as requested by the user as all compute graph nodes have not been partitioned to the CUDAExecutionProvider";
+        let e = rejection(Path::new("m/model.onnx"), capture.into()).to_string();
+        assert!(e.contains("run without --cuda-graph"), "{e}");
+        assert!(!e.contains("corrupt"), "{e}");
+        let other = rejection(Path::new("m/model.onnx"), "Protobuf parsing failed".into());
+        assert!(
+            other.to_string().contains("re-export the folder"),
+            "{other}"
+        );
+    }
 }
