@@ -7,6 +7,10 @@ once (the lone latency), then N clients loop over the pairs for `--seconds`. The
 model's greedy corrections of the benchmark workload, `--max-tokens` each.
 
     .venv/bin/python benches/serve_load.py --clients 8 --seconds 20
+
+On a GPU machine, name the binary and the provider (every server gets `--server-args`):
+
+    python3 benches/serve_load.py --bin B/aligner --model M --server-args "--ep cuda --ort-lib L"
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -76,7 +81,7 @@ def measure(model: Path, flags: list[str], pairs: list[dict], a: argparse.Namesp
             binary: Path = BIN) -> dict:
     port = free_port()
     cmd = [str(binary), "serve", "--model", str(model), "--port", str(port), "--queue", "64",
-           *flags_for(binary, "serve", flags)]
+           *flags_for(binary, "serve", flags), *shlex.split(a.server_args)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1/correct"
     try:
@@ -130,6 +135,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--bin", type=Path, default=BIN, help="the aligner binary to measure")
+    ap.add_argument("--server-args", default="",
+                    help='more flags for every server, e.g. "--ep cuda --ort-lib PATH"')
     ap.add_argument("--baseline-bin", type=Path,
                     help="an older aligner binary: its baseline setting becomes the base of the ratios")
     a = ap.parse_args()
@@ -140,9 +148,9 @@ def main() -> None:
     if a.baseline_bin:
         report["baseline-bin"] = measure(a.model, SETTINGS[BASELINE], pairs, a, a.baseline_bin)
     for name in a.settings:
-        report[name] = measure(a.model, SETTINGS[name], pairs, a)
+        report[name] = measure(a.model, SETTINGS[name], pairs, a, a.bin)
     base = report["baseline-bin" if a.baseline_bin else BASELINE]["req_s"]
-    print(f"{a.clients} clients, {a.seconds:.0f} s, {a.max_tokens} max tokens, default model")
+    print(f"{a.clients} clients, {a.seconds:.0f} s, {a.max_tokens} max tokens, {a.model.name} {a.server_args}")
     print(f"{'setting':20} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8} {'lone ms':>8} "
           f"{'p50/lone':>8} {'RSS MB':>7} {'peak MB':>7} {'anon MB':>7} {'errors':>6}")
     for name, r in report.items():

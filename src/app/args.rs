@@ -336,7 +336,8 @@ pub struct BatchArgs {
     /// Process only input lines whose number is I modulo N (0-based), e.g. 3/8.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Model sessions working in parallel (default: one per core, one thread each).
+    /// Model sessions working in parallel (default: one per core, one thread each, on the CPU;
+    /// two on a GPU).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Rows each session decodes together (continuous batching: a finished row's slot takes

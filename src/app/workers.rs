@@ -20,16 +20,39 @@ pub struct Workers {
     pub model_args: ModelArgs,
 }
 
-/// Loads the model that `model` names for `n` workers. Without `--threads`, the cores are
-/// split between them: decoding is memory-bound, and oversubscribed ONNX Runtime threads only
-/// wait on each other. On the CPU the workers share one session, so one copy of the weights
-/// (see [`another`]).
-pub fn load_workers(model: &ModelArgs, gen: &GenArgs, n: usize) -> Result<Workers> {
-    let n = n.max(1);
+/// How many workers to load.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkerCount {
+    /// The flag's number, on any provider.
+    Exactly(usize),
+    /// One per core on the CPU; `gpu` when the model landed on a GPU, where each worker is a
+    /// session with its own weights in device memory and all of them share one device.
+    PerCoreOrGpu { gpu: usize },
+}
+
+impl WorkerCount {
+    /// The count once the provider is known.
+    fn resolve(self, on_gpu: bool, cores: usize) -> usize {
+        match self {
+            WorkerCount::Exactly(n) => n,
+            WorkerCount::PerCoreOrGpu { gpu } if on_gpu => gpu,
+            WorkerCount::PerCoreOrGpu { .. } => cores,
+        }
+        .max(1)
+    }
+}
+
+/// Loads the model that `model` names for `count` workers. Without `--threads`, the cores are
+/// split between the workers planned for the CPU: decoding is memory-bound, and oversubscribed
+/// ONNX Runtime threads only wait on each other. On the CPU the workers share one session, so
+/// one copy of the weights (see [`another`]).
+pub fn load_workers(model: &ModelArgs, gen: &GenArgs, count: WorkerCount) -> Result<Workers> {
+    let planned = count.resolve(false, cores());
     let dir = model.model_dir()?;
     let mut model_args = model.clone();
-    model_args.threads = Some(model.threads()?.unwrap_or((cores() / n).max(1)));
+    model_args.threads = Some(model.threads()?.unwrap_or((cores() / planned).max(1)));
     let mut models = vec![load(&model_args, &dir)?];
+    let n = count.resolve(models[0].provider().provider.is_gpu(), cores());
     for _ in 1..n {
         models.push(another(&models[0], &model_args, &dir)?);
     }
@@ -103,5 +126,19 @@ pub fn check_batch_size(flag: Option<usize>) -> Result<()> {
             "--batch-size {n} is out of range; use 1 (no batching) to {max}"
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerCount;
+
+    #[test]
+    fn the_default_count_is_per_core_on_the_cpu_and_small_on_a_gpu() {
+        let default = WorkerCount::PerCoreOrGpu { gpu: 2 };
+        assert_eq!(default.resolve(false, 16), 16);
+        assert_eq!(default.resolve(true, 16), 2);
+        assert_eq!(WorkerCount::Exactly(5).resolve(true, 16), 5);
+        assert_eq!(WorkerCount::Exactly(0).resolve(false, 16), 1);
     }
 }

@@ -28,15 +28,18 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::args::{cores, BatchArgs, Format, Task};
+use super::args::{BatchArgs, Format, Task};
 use super::errors::{panic_message, usage};
-use super::workers::{batch_size, check_batch_size, load_workers, Workers};
+use super::workers::{batch_size, check_batch_size, load_workers, WorkerCount, Workers};
 use outputs::{open_outputs, Outputs};
 
 /// Slots per session on the CPU, chosen by measurement (benches/batch_throughput.py, README
 /// "Batched decoding"): 16 slots on a session per core gave the most rows/s at 32 and 160 new
 /// tokens on 2 cores; more only adds KV memory.
 const BATCH_SLOTS: usize = 16;
+
+/// Workers on a GPU without `--workers` (see [`run`]).
+const GPU_WORKERS: usize = 2;
 
 /// `i/n` with `i < n`.
 pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
@@ -207,15 +210,22 @@ pub fn run(args: BatchArgs) -> Result<()> {
     } = open_outputs(&args, (shard, shards))?;
     let already = done.len();
 
-    // A session per core, one thread each, with or without batching: its prompt passes run
-    // in parallel, which beat one session of two threads (benches/batch_throughput.py).
-    let workers = args.workers.unwrap_or(cores()).max(1);
+    // On the CPU a worker per core, one thread each, with or without batching: its prompt
+    // passes run in parallel, which beat one session of two threads
+    // (benches/batch_throughput.py). On a GPU each worker is a session with its own weights in
+    // device memory: two overlap each other's host-side work (serve on an H200: 32 req/s with
+    // two, 20 with one) without filling a small device with one session per core.
+    let count = args.workers.map_or(
+        WorkerCount::PerCoreOrGpu { gpu: GPU_WORKERS },
+        WorkerCount::Exactly,
+    );
     let Workers {
         mut models,
         config,
         dir,
         ..
-    } = load_workers(&args.model, &args.gen, workers)?;
+    } = load_workers(&args.model, &args.gen, count)?;
+    let workers = models.len();
     let template = models[0].template()?;
     let slots = batch_size(&mut models[0], args.batch_size, BATCH_SLOTS)?;
 

@@ -29,7 +29,7 @@ use axum::Router;
 
 use super::args::ServeArgs;
 use super::errors::usage;
-use super::workers::{self, load_workers, Workers};
+use super::workers::{self, load_workers, WorkerCount, Workers};
 
 /// Requests per worker decoding together by default: 1, chosen by measurement
 /// (benches/serve_load.py, README "Batched decoding"). With 8 clients on 2 cores, corrections
@@ -90,7 +90,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         config: mut defaults,
         dir,
         model_args,
-    } = load_workers(&args.model, &args.gen, args.workers)?;
+    } = load_workers(&args.model, &args.gen, WorkerCount::Exactly(args.workers))?;
     let slots = workers::batch_size(&mut models[0], args.batch_size, BATCH_SLOTS)?;
     let first = &models[0];
     if args.max_prompt_tokens > 0 {
