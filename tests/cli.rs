@@ -294,8 +294,15 @@ fn bench_reports_median_min_max() {
                 == item["prompt_tokens"].as_u64().unwrap() as usize
         );
         assert!(item["identical"].is_boolean() && item["plain_ms"].as_f64().unwrap() > 0.0);
+        // The same pairs as serve runs them, with the template prefix from the cache.
+        for key in ["plain_reuse_ms", "draft_reuse_ms"] {
+            assert!(item[key].as_f64().is_some_and(|t| t > 0.0), "{key}: {item}");
+        }
+        assert!(item["reuse_outputs_identical"].is_boolean());
     }
     assert!(v["drafts_lossless"].is_boolean());
+    let same = v["reuse_outputs_identical_pairs"].as_u64().unwrap() as usize;
+    assert!(same <= items.len());
 }
 
 #[test]

@@ -83,6 +83,13 @@ pub struct ItemReport {
     pub reused_prompt_tokens: usize,
     /// The reuse run's first tokens equal the full run's.
     pub reuse_identical: bool,
+    /// Whole corrections, plain and drafted, as `serve` and `batch` run them: prefix reuse on,
+    /// the cache holding the previous pair's prompt (so only the template's fixed part is
+    /// reused). `plain_ms` and `draft_ms` run every prompt whole, as a fresh process does.
+    pub plain_reuse_ms: f64,
+    pub draft_reuse_ms: f64,
+    /// Each reuse run wrote the tokens of the same decoding without reuse.
+    pub reuse_outputs_identical: bool,
 }
 
 /// Per-run totals over the whole set, and the per-pair reports.
@@ -152,6 +159,31 @@ fn time_to_first_token(
         .collect())
 }
 
+/// Per pair, the median whole-correction time under `config` (prefix reuse on), each pair
+/// right after the previous one so that the cache holds another pair's prompt, and whether
+/// every run wrote `expected`'s tokens.
+fn time_with_reuse(
+    aligner: &mut Aligner,
+    template: aligner::Template,
+    items: &[WorkloadItem],
+    config: &GenerationConfig,
+    runs: usize,
+    expected: &[Vec<u32>],
+) -> Result<Vec<(f64, bool)>> {
+    let mut times = vec![(Vec::new(), true); items.len()];
+    for _ in 0..runs {
+        for ((item, t), expected) in items.iter().zip(&mut times).zip(expected) {
+            let g = correct_pair(aligner, template, item, config)?;
+            t.0.push(g.timings.total_ms);
+            t.1 &= &g.tokens == expected;
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|(t, same)| (median(t), same))
+        .collect())
+}
+
 pub fn run(
     aligner: &mut Aligner,
     items: &[WorkloadItem],
@@ -202,8 +234,23 @@ pub fn run(
         }
     }
     let ttft = time_to_first_token(aligner, template, items, runs)?;
-    for (((item, (plain, drafted)), (plain_ms, draft_ms)), ttft) in
-        items.iter().zip(outputs).zip(times).zip(ttft)
+    let reuse = |config: &GenerationConfig| config.clone().with_reuse_prefix(true);
+    let drafted: Vec<Vec<u32>> = outputs.iter().map(|(_, d)| d.tokens.clone()).collect();
+    let draft_reuse = time_with_reuse(aligner, template, items, &reuse(&base), runs, &drafted)?;
+    let plain: Vec<Vec<u32>> = outputs.iter().map(|(p, _)| p.tokens.clone()).collect();
+    let plain_reuse = time_with_reuse(
+        aligner,
+        template,
+        items,
+        &reuse(&plain_config),
+        runs,
+        &plain,
+    )?;
+    for (((item, (plain, drafted)), (plain_ms, draft_ms)), (ttft, (pr, dr))) in
+        items.iter().zip(outputs).zip(times).zip(
+            ttft.into_iter()
+                .zip(plain_reuse.into_iter().zip(draft_reuse)),
+        )
     {
         let (prompt_ids, answer_ids) =
             aligner.correction_ids(template, &item.question, &item.answer)?;
@@ -227,6 +274,9 @@ pub fn run(
             ttft_full_ms: ttft.1,
             reused_prompt_tokens: ttft.2,
             reuse_identical: ttft.3,
+            plain_reuse_ms: pr.0,
+            draft_reuse_ms: dr.0,
+            reuse_outputs_identical: pr.1 && dr.1,
         });
     }
     Ok(report)
@@ -292,6 +342,9 @@ mod tests {
             ttft_full_ms: 0.0,
             reused_prompt_tokens: 0,
             reuse_identical: true,
+            plain_reuse_ms: 0.0,
+            draft_reuse_ms: 0.0,
+            reuse_outputs_identical: true,
         }
     }
 

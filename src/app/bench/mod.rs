@@ -188,6 +188,14 @@ fn add_corrections(
         "prefix_reuse_identical_pairs".into(),
         json!(report.items.iter().filter(|i| i.reuse_identical).count()),
     );
+    out.insert(
+        "reuse_outputs_identical_pairs".into(),
+        json!(report
+            .items
+            .iter()
+            .filter(|i| i.reuse_outputs_identical)
+            .count()),
+    );
     let longest = report
         .items
         .iter()
@@ -275,6 +283,16 @@ fn print_summary(out: &Map<String, Value>) {
         num("ttft_reuse_over_full"),
         corrections::TTFT_TOKENS,
         num("prefix_reuse_identical_pairs"),
+        items.len()
+    );
+    let total = |k: &str| items.iter().filter_map(|i| i[k].as_f64()).sum::<f64>();
+    println!(
+        "with prefix reuse, as serve and batch run: plain {:.0} ms, drafted {:.0} ms for the set (without: {:.0} and {:.0}); outputs identical on {} of {} pairs",
+        total("plain_reuse_ms"),
+        total("draft_reuse_ms"),
+        total("plain_ms"),
+        total("draft_ms"),
+        num("reuse_outputs_identical_pairs"),
         items.len()
     );
 }
