@@ -120,7 +120,7 @@ fn base_builder(
         .with_log_level(ort::logging::LogLevel::Verbose)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         // Prepacking the weights is most of a start without a cached entry; spread it over
-        // the intra-op threads (0.72x of a serial start on the default model, 2 threads).
+        // the intra-op threads (default model, 2 threads: 216 ms against 269 ms serially).
         .with_config_entry("session.prepack.enable_parallel", "1")?;
     if let Some(n) = config.threads {
         builder = builder.with_intra_threads(n)?;
