@@ -72,8 +72,7 @@ class Decoder:
         return np.concatenate(rows)
 
 
-def whole_model(path: Path, threads: int, prompt_tokens: int) -> None:
-    d = Decoder(path, threads)
+def whole_model(d: Decoder, path: Path, prompt_tokens: int) -> None:
     rng = np.random.default_rng(0)
     vocab = d.s.get_outputs()[0].shape[-1]
     prompt = rng.integers(0, vocab, prompt_tokens)
@@ -95,7 +94,7 @@ def operator_model(node: onnx.NodeProto, inputs: list, outputs: list, initialize
     return helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
 
 
-def operators(path: Path, threads: int) -> None:
+def operators(path: Path, threads: int, head: int) -> None:
     m = onnx.load(str(path))
     init = {i.name: i for i in m.graph.initializer}
     rng = np.random.default_rng(1)
@@ -119,7 +118,6 @@ def operators(path: Path, threads: int) -> None:
     gqa = next(n for n in m.graph.node if n.op_type == "GroupQueryAttention")
     attrs = {a.name: helper.get_attribute_value(a) for a in gqa.attribute}
     heads, kv_heads = attrs["num_heads"], attrs["kv_num_heads"]
-    head = Decoder(path, threads).head
     width = (heads + 2 * kv_heads) * head
     caches = [init[n] for n in gqa.input[7:9] if n in init]
     op = helper.make_node("GroupQueryAttention", ["qkv", "", "", "pk", "pv", "seqlens_k", "total",
@@ -159,8 +157,9 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=90)
     a = ap.parse_args()
     model = a.folder / "model.onnx"
-    whole_model(model, a.threads, a.prompt_tokens)
-    operators(model, a.threads)
+    decoder = Decoder(model, a.threads)
+    whole_model(decoder, model, a.prompt_tokens)
+    operators(model, a.threads, decoder.head)
 
 
 if __name__ == "__main__":
