@@ -37,7 +37,8 @@ use crate::{with_template_stops, Aligner};
 /// Up to `slots` corrections decoding together on one [`Aligner`] (see [`Aligner::batch`]).
 /// Each sequence keeps its own sampling settings, seed, stop strings and streaming callback;
 /// greedy output equals the same request run alone, up to near-ties in the kernels' numerics.
-/// Sequences decode plainly (no copy drafts).
+/// Greedy corrections draft from their answer (see [`crate::batching`]); other sequences
+/// decode plainly.
 pub struct Batch<'a, T> {
     aligner: &'a mut Aligner,
     batcher: Batcher<'a, T>,
@@ -80,11 +81,12 @@ impl<'a, T> Batch<'a, T> {
         on_text: OnText<'a>,
         tag: T,
     ) -> Option<Finished<T>> {
+        // The answer's tokens are the copy drafts, as for a correction alone.
         let prepared = template
             .map_or_else(|| self.aligner.template(), Ok)
             .and_then(|t| {
-                let ids = self.aligner.correction_ids(t, question, answer)?.0;
-                Ok((ids, with_template_stops(t, config)))
+                let (ids, answer_ids) = self.aligner.correction_ids(t, question, answer)?;
+                Ok((ids, Some(answer_ids), with_template_stops(t, config)))
             });
         self.admit_prepared(prepared, on_text, tag)
     }
@@ -101,7 +103,7 @@ impl<'a, T> Batch<'a, T> {
     ) -> Option<Finished<T>> {
         let prepared = self.aligner.template().and_then(|t| {
             let ids = self.aligner.encode_prompt(&t.chat(system, question))?;
-            Ok((ids, with_template_stops(t, config)))
+            Ok((ids, None, with_template_stops(t, config)))
         });
         self.admit_prepared(prepared, on_text, tag)
     }
@@ -109,12 +111,14 @@ impl<'a, T> Batch<'a, T> {
     /// Admits a rendered prompt and its config, or hands back the error that rendering met.
     fn admit_prepared(
         &mut self,
-        prepared: Result<(Vec<u32>, GenerationConfig)>,
+        prepared: Result<(Vec<u32>, Option<Vec<u32>>, GenerationConfig)>,
         on_text: OnText<'a>,
         tag: T,
     ) -> Option<Finished<T>> {
         match prepared {
-            Ok((ids, config)) => self.admit_ids(&ids, &config, on_text, tag),
+            Ok((ids, source, config)) => {
+                self.admit_drafted(&ids, source.as_deref(), &config, on_text, tag)
+            }
             Err(e) => Some((tag, Err(e))),
         }
     }
@@ -123,6 +127,18 @@ impl<'a, T> Batch<'a, T> {
     pub fn admit_ids(
         &mut self,
         prompt: &[u32],
+        config: &GenerationConfig,
+        on_text: OnText<'a>,
+        tag: T,
+    ) -> Option<Finished<T>> {
+        self.admit_drafted(prompt, None, config, on_text, tag)
+    }
+
+    /// Admits prompt ids, with the tokens that copy drafts come from when there are any.
+    fn admit_drafted(
+        &mut self,
+        prompt: &[u32],
+        draft_source: Option<&[u32]>,
         config: &GenerationConfig,
         mut on_text: OnText<'a>,
         tag: T,
@@ -135,8 +151,15 @@ impl<'a, T> Batch<'a, T> {
         let Aligner {
             engine, tokenizer, ..
         } = &mut *self.aligner;
-        self.batcher
-            .admit(engine, &**tokenizer, prompt, config, watched, tag)
+        self.batcher.admit(
+            engine,
+            &**tokenizer,
+            prompt,
+            draft_source,
+            config,
+            watched,
+            tag,
+        )
     }
 
     /// One batched pass: each running sequence gets its next token (and streams it). Returns

@@ -9,24 +9,38 @@
 //! [`TokenSink`] (EOS, stop strings, budget, cancellation), exactly as it would alone. A
 //! finished sequence frees its slot at once for the next one.
 //!
-//! Batched sequences decode plainly. Verifying copy drafts in a batch would feed each row
-//! several tokens after its own past, which ONNX Runtime 1.31's CPU GroupQueryAttention
-//! refuses ("batch_size must be 1 when sequence_length > 1 and past context is given").
+//! Greedy corrections admitted with their answer as a draft source also draft. Verifying a
+//! draft in the batch would feed a row several tokens after its own past, which ONNX Runtime
+//! 1.31's CPU GroupQueryAttention refuses ("batch_size must be 1 when sequence_length > 1 and
+//! past context is given"). So before each batched pass, a sequence whose next copy draft is
+//! at least [`MIN_DRAFT_ALONE`] tokens long leaves its slot for one drafted pass of its own on
+//! the single-sequence cache ([`BatchModel::unload_slot`]), exactly as a correction alone
+//! runs it, and comes back. Between such passes it decodes in the batch, and each batched
+//! token it chooses tells its drafter whether the copy goes on, so that after an edit the
+//! draft grows back (1, 2, 4, 8 tokens) before the sequence leaves the batch again.
 
 use std::time::Instant;
 
 use crate::config::GenerationConfig;
 use crate::error::{Error, Result};
 use crate::generate::{Generator, Start};
+use crate::kv_cache::KvCursor;
 use crate::model::BatchModel;
 use crate::output::Generation;
 pub use crate::sequence::OnText;
 use crate::sequence::{Chooser, TokenSink};
+use crate::speculative::{Drafting, Pass};
 use crate::stop::FinishReason;
 use crate::tokenizer::Decode;
 
 /// The most slots a batch may have.
 pub const MAX_SLOTS: usize = 64;
+
+/// The shortest copy draft a sequence leaves the batch for. A drafted pass of its own costs
+/// about as much as one single-token step plus a little per drafted token, and two cache
+/// copies; a batched step costs each of its sequences a fraction of a single-token step. So a
+/// short draft is cheaper to decode in the batch, token by token.
+pub const MIN_DRAFT_ALONE: usize = 8;
 
 /// Batch caches grow in steps of this many positions per slot.
 const POSITION_STEP: usize = 128;
@@ -44,6 +58,8 @@ struct Running<'c, T> {
     prefill_ms: f64,
     decode_start: Instant,
     reused: usize,
+    /// Copy drafting from the answer, for a greedy correction.
+    drafting: Option<Drafting>,
 }
 
 /// Schedules sequences onto the slots of a [`BatchModel`]. `T` tags each sequence (a request,
@@ -105,12 +121,16 @@ impl<'c, T> Batcher<'c, T> {
 
     /// Runs `prompt` alone and puts the sequence in a free slot. Returns the sequence's result
     /// when it ended already (an error, a cancel, or a first token that ends it), `None` when it
-    /// now runs. With no free slot the tag comes back with an error.
+    /// now runs. With no free slot the tag comes back with an error. A `draft_source` (the
+    /// answer a correction copies) turns on copy drafts when decoding is greedy and
+    /// `config.copy_drafts` is on.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &mut self,
         model: &mut impl BatchModel,
         decoder: &impl Decode,
         prompt: &[u32],
+        draft_source: Option<&[u32]>,
         config: &GenerationConfig,
         on_text: OnText<'c>,
         tag: T,
@@ -137,6 +157,10 @@ impl<'c, T> Batcher<'c, T> {
             prefill_ms: s.prefill_ms,
             decode_start: Instant::now(),
             reused,
+            drafting: draft_source
+                .filter(|_| config.copy_drafts && config.temperature == 0.0)
+                .filter(|_| model.can_rollback())
+                .map(|source| Drafting::new(source, config.max_draft_tokens)),
         };
         match row.sink.accept(decoder, row.next) {
             Ok(None) => {}
@@ -190,6 +214,7 @@ impl<'c, T> Batcher<'c, T> {
     /// that ended. A failed pass ends every running sequence with its error.
     pub fn step(&mut self, model: &mut impl BatchModel, decoder: &impl Decode) -> Vec<Finished<T>> {
         let mut done = Vec::new();
+        self.run_drafts(model, decoder, &mut done);
         if self.rows.is_empty() {
             return done;
         }
@@ -214,6 +239,9 @@ impl<'c, T> Batcher<'c, T> {
         for (s, row) in self.rows.iter_mut().enumerate() {
             let row_logits = &mut logits[s * vocab..(s + 1) * vocab];
             row.next = row.chooser.choose(row_logits, &row.sink.history);
+            if let Some(drafting) = row.drafting.as_mut() {
+                drafting.observe(row.sink.generated(), row.next);
+            }
             let end = match row.sink.accept(decoder, row.next) {
                 Ok(None) if row.sink.history.len() > self.positions => {
                     Ok(Some(FinishReason::ContextFull))
@@ -229,23 +257,112 @@ impl<'c, T> Batcher<'c, T> {
         }
         // Highest slot first, so that each move takes a sequence that is still running.
         for (s, end) in ended.into_iter().rev() {
-            let row = self.rows.swap_remove(s);
-            done.push(match end {
-                Ok(reason) => row.finish(reason),
-                Err(e) => (row.tag, Err(e)),
-            });
-            if s < self.rows.len() {
-                let len = self.rows[s].sink.history.len() - 1;
-                if let Err(e) = model.move_slot(self.rows.len(), s, len) {
-                    self.fail_all(&e, &mut done);
-                    return done;
-                }
+            if let Err(e) = self.retire(model, s, end, &mut done) {
+                self.fail_all(&e, &mut done);
+                return done;
             }
         }
         if let Err(e) = self.fit(model, self.rows.len(), self.positions) {
             self.fail_all(&e, &mut done);
         }
         done
+    }
+
+    /// Ends the sequence in slot `s` with `end`, and moves the last running sequence into its
+    /// slot so that running slots stay `0..n`.
+    fn retire(
+        &mut self,
+        model: &mut impl BatchModel,
+        s: usize,
+        end: Result<FinishReason>,
+        done: &mut Vec<Finished<T>>,
+    ) -> Result<()> {
+        let row = self.rows.swap_remove(s);
+        done.push(match end {
+            Ok(reason) => row.finish(reason),
+            Err(e) => (row.tag, Err(e)),
+        });
+        if s < self.rows.len() {
+            let len = self.rows[s].sink.history.len() - 1;
+            model.move_slot(self.rows.len(), s, len)?;
+        }
+        Ok(())
+    }
+
+    /// Gives each sequence whose copy draft is long enough its drafted pass alone (see the
+    /// module docs). A sequence that ends in its pass leaves the batch.
+    fn run_drafts(
+        &mut self,
+        model: &mut impl BatchModel,
+        decoder: &impl Decode,
+        done: &mut Vec<Finished<T>>,
+    ) {
+        let mut s = 0;
+        while s < self.rows.len() {
+            let end = match self.draft_alone(model, decoder, s) {
+                Ok(None) => {
+                    s += 1;
+                    continue;
+                }
+                Ok(Some(reason)) => Ok(reason),
+                Err(e) => Err(e),
+            };
+            // The slot now holds the last sequence, which has not had its turn yet.
+            if let Err(e) = self.retire(model, s, end, done) {
+                self.fail_all(&e, done);
+                return;
+            }
+        }
+    }
+
+    /// The drafted pass of the sequence in slot `s`, when its draft is long enough: its cache
+    /// goes to the single-sequence cache, one pass verifies the draft there, and what the
+    /// model accepted comes back to the slot. Returns why the sequence ended, if it did.
+    fn draft_alone(
+        &mut self,
+        model: &mut impl BatchModel,
+        decoder: &impl Decode,
+        s: usize,
+    ) -> Result<Option<FinishReason>> {
+        let row = &mut self.rows[s];
+        let Some(drafting) = row.drafting.as_mut() else {
+            return Ok(None);
+        };
+        // Positions the slot holds; the pass feeds `next` and the draft after them, and the
+        // token after the pass must still fit the slot.
+        let len = row.sink.history.len() - 1;
+        let room = self.positions.saturating_sub(len + 2);
+        let limit = room.min(row.sink.budget_left().saturating_sub(1));
+        if drafting.proposal_len(row.sink.generated(), limit) < MIN_DRAFT_ALONE {
+            return Ok(None);
+        }
+        // The single-sequence cache gives up what it held (a prompt prefix to reuse).
+        self.cached.clear();
+        model.reserve(len + 1 + limit)?;
+        model.unload_slot(s, len)?;
+        let mut cursor = KvCursor::holding(model.context_length(), len);
+        let pass = drafting.pass(
+            model,
+            &mut cursor,
+            decoder,
+            &mut row.chooser,
+            &mut row.sink,
+            row.next,
+            limit,
+        )?;
+        // Whether or not the sequence ended, the cursor counts only positions that hold its
+        // tokens: the next prompt may reuse them.
+        self.cached = row.sink.prefix(cursor.len()).to_vec();
+        let next = match pass {
+            Pass::Ended(reason) => return Ok(Some(reason)),
+            Pass::Next(next) => next,
+        };
+        row.next = next;
+        if let Some(reason) = row.sink.accept(decoder, next)? {
+            return Ok(Some(reason));
+        }
+        model.load_slot(s, cursor.len())?;
+        Ok(None)
     }
 
     /// Ends every running sequence with `error` (the batch cache's state is unknown).
@@ -263,6 +380,7 @@ impl<T> Running<'_, T> {
             .sink
             .finish(reason, self.start, self.prefill_ms, self.decode_start);
         g.reused_prompt_tokens = self.reused;
+        g.drafts = self.drafting.map(|d| d.stats);
         (self.tag, Ok(g))
     }
 }

@@ -27,6 +27,16 @@ fn batched(
     slots: usize,
     jobs: &[(Vec<u32>, GenerationConfig)],
 ) -> (Vec<Result<Generation>>, usize) {
+    batched_drafting(m, slots, jobs, &vec![None; jobs.len()])
+}
+
+/// Like [`batched`], job `i` drafting from `sources[i]` when there is one.
+fn batched_drafting(
+    m: &mut ScriptedModel,
+    slots: usize,
+    jobs: &[(Vec<u32>, GenerationConfig)],
+    sources: &[Option<Vec<u32>>],
+) -> (Vec<Result<Generation>>, usize) {
     let mut out: Vec<Option<Result<Generation>>> = jobs.iter().map(|_| None).collect();
     let mut queue: VecDeque<usize> = (0..jobs.len()).collect();
     let mut b = Batcher::new(slots, &EOS, Vec::new()).unwrap();
@@ -35,7 +45,9 @@ fn batched(
         while b.free() > 0 {
             let Some(i) = queue.pop_front() else { break };
             let (prompt, cfg) = &jobs[i];
-            if let Some((tag, r)) = b.admit(m, &Letters, prompt, cfg, Box::new(|_| true), i) {
+            let source = sources[i].as_deref();
+            if let Some((tag, r)) = b.admit(m, &Letters, prompt, source, cfg, Box::new(|_| true), i)
+            {
                 out[tag] = Some(r);
             }
         }
@@ -163,14 +175,30 @@ fn a_cancelled_sequence_frees_its_slot_and_the_others_go_on() {
         pieces < 3
     });
     assert!(b
-        .admit(&mut m, &Letters, &jobs[0].0, &cfg, quitter, 0)
+        .admit(&mut m, &Letters, &jobs[0].0, None, &cfg, quitter, 0)
         .is_none());
     assert!(b
-        .admit(&mut m, &Letters, &jobs[1].0, &cfg, Box::new(|_| true), 1)
+        .admit(
+            &mut m,
+            &Letters,
+            &jobs[1].0,
+            None,
+            &cfg,
+            Box::new(|_| true),
+            1
+        )
         .is_none());
     // No third slot.
     let (tag, full) = b
-        .admit(&mut m, &Letters, &jobs[2].0, &cfg, Box::new(|_| true), 2)
+        .admit(
+            &mut m,
+            &Letters,
+            &jobs[2].0,
+            None,
+            &cfg,
+            Box::new(|_| true),
+            2,
+        )
         .unwrap();
     assert_eq!(tag, 2);
     assert!(full.unwrap_err().to_string().contains("slot"));
@@ -239,7 +267,15 @@ fn bad_requests_come_back_with_their_tag() {
     let cfg = GenerationConfig::default();
     let too_long: Vec<u32> = vec![1; 20];
     let (tag, r) = b
-        .admit(&mut m, &Letters, &too_long, &cfg, Box::new(|_| true), 7)
+        .admit(
+            &mut m,
+            &Letters,
+            &too_long,
+            None,
+            &cfg,
+            Box::new(|_| true),
+            7,
+        )
         .unwrap();
     assert_eq!(tag, 7);
     assert!(matches!(r, Err(Error::ContextOverflow { .. })));
@@ -247,7 +283,99 @@ fn bad_requests_come_back_with_their_tag() {
     // A huge budget is bounded by the context, not allocated.
     let cfg = cfg.with_max_new_tokens(usize::MAX / 2);
     assert!(b
-        .admit(&mut m, &Letters, &[1, 2], &cfg, Box::new(|_| true), 8)
+        .admit(&mut m, &Letters, &[1, 2], None, &cfg, Box::new(|_| true), 8)
         .is_none());
     assert_eq!(b.positions, 16);
+}
+
+/// Jobs with long budgets, and as draft sources each one's own output alone: exact (job 0, 3,
+/// ...), with an edit of three tokens after the third (1, 4, ...), or none (2, 5, ...). After
+/// the edit the draft length falls to 4, under [`MIN_DRAFT_ALONE`]: only batched steps that
+/// agree with the draft grow it back.
+fn drafting_jobs() -> (Vec<(Vec<u32>, GenerationConfig)>, Vec<Option<Vec<u32>>>) {
+    let jobs: Vec<_> = jobs()
+        .into_iter()
+        .map(|(prompt, cfg)| (prompt, cfg.with_max_new_tokens(40).with_suppress_eos(true)))
+        .collect();
+    let sources = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, (prompt, cfg))| {
+            let mut source = alone(128, prompt, cfg).tokens;
+            match i % 3 {
+                0 => Some(source),
+                1 => {
+                    for t in &mut source[3..6] {
+                        *t = (*t + 1) % 30;
+                    }
+                    Some(source)
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    (jobs, sources)
+}
+
+#[test]
+fn drafting_sequences_equal_the_sequence_alone_and_save_batched_passes() {
+    let (jobs, sources) = drafting_jobs();
+    let mut m = model(128);
+    let (results, passes) = batched_drafting(&mut m, 3, &jobs, &sources);
+    let mut plain = model(128);
+    let (_, plain_passes) = batched(&mut plain, 3, &jobs);
+    for (i, ((prompt, cfg), got)) in jobs.iter().zip(results).enumerate() {
+        let want = alone(128, prompt, cfg);
+        let got = got.unwrap();
+        // The model's next token hashes the whole cache: a slot or cache mix-up shows here.
+        assert_eq!(
+            (&got.tokens, &got.text, got.finish_reason),
+            (&want.tokens, &want.text, want.finish_reason),
+            "job {i}"
+        );
+        match (i % 3, got.drafts) {
+            // An exact source is copied in drafted passes alone: at least 8 tokens each.
+            (0, Some(d)) => assert!(d.passes >= 1 && d.accepted >= 32, "job {i}: {d:?}"),
+            // After the edit the draft shrinks, grows back in the batch and drafts again.
+            (1, Some(d)) => {
+                assert!(d.passes >= 2 && d.accepted < d.proposed, "job {i}: {d:?}")
+            }
+            (2, None) => {}
+            (_, d) => panic!("job {i}: drafts {d:?}"),
+        }
+    }
+    assert!(
+        passes < plain_passes,
+        "{passes} batched passes with drafts against {plain_passes}"
+    );
+}
+
+#[test]
+fn sampled_and_short_drafts_stay_in_the_batch() {
+    let (jobs, sources) = drafting_jobs();
+    // Sampled: no drafting at all.
+    let sampled: Vec<_> = jobs
+        .iter()
+        .map(|(p, c)| (p.clone(), c.clone().with_temperature(0.8).with_seed(3)))
+        .collect();
+    let mut m = model(128);
+    let (results, _) = batched_drafting(&mut m, 3, &sampled, &sources);
+    assert!(results.iter().all(|r| r.as_ref().unwrap().drafts.is_none()));
+    // Drafts shorter than MIN_DRAFT_ALONE never take a pass of their own.
+    let short: Vec<_> = jobs
+        .iter()
+        .map(|(p, c)| {
+            (
+                p.clone(),
+                c.clone().with_max_draft_tokens(MIN_DRAFT_ALONE - 1),
+            )
+        })
+        .collect();
+    let mut m = model(128);
+    let (results, _) = batched_drafting(&mut m, 3, &short, &sources);
+    for (i, r) in results.iter().enumerate() {
+        let r = r.as_ref().unwrap();
+        assert_eq!(r.tokens, alone(128, &short[i].0, &short[i].1).tokens);
+        assert_eq!(r.drafts.map_or(0, |d| d.passes), 0, "job {i}");
+    }
 }

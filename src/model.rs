@@ -52,6 +52,11 @@ pub trait BatchModel: DecoderModel {
     /// Copies the first `len` positions of the single-sequence cache into `slot`.
     fn load_slot(&mut self, slot: usize, len: usize) -> Result<()>;
 
+    /// Copies the first `len` positions of `slot` into the single-sequence cache, which must
+    /// hold at least `len` positions (see [`DecoderModel::reserve`]): a sequence leaves its
+    /// slot for a drafted pass of its own, then [`load_slot`](Self::load_slot) puts it back.
+    fn unload_slot(&mut self, slot: usize, len: usize) -> Result<()>;
+
     /// Copies the first `len` positions of slot `from` into slot `to` (a finished sequence's
     /// slot takes the last running one, so running slots stay `0..n`).
     fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()>;

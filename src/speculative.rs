@@ -14,10 +14,108 @@ use crate::config::GenerationConfig;
 use crate::draft::CopyDrafter;
 use crate::error::Result;
 use crate::generate::{Generator, Start, Started};
+use crate::kv_cache::KvCursor;
 use crate::model::DecoderModel;
 use crate::output::{DraftStats, Generation};
+use crate::sequence::{Chooser, TokenSink};
 use crate::stop::FinishReason;
 use crate::tokenizer::Decode;
+
+/// What one drafted pass led to.
+pub(crate) enum Pass {
+    /// The sequence ended inside the pass (EOS, a stop string, the budget, a cancel).
+    Ended(FinishReason),
+    /// The token after the accepted drafts: chosen, not yet accepted or cached.
+    Next(u32),
+}
+
+/// One sequence's copy drafting: the drafter, its statistics and the pass's input buffer.
+/// The solo loop below and batched decoding ([`crate::batching`]) both run their drafted
+/// passes through [`pass`](Self::pass), so they verify in exactly one way.
+pub(crate) struct Drafting {
+    drafter: CopyDrafter,
+    pub(crate) stats: DraftStats,
+    feed: Vec<u32>,
+}
+
+impl Drafting {
+    pub(crate) fn new(source: &[u32], max_draft: usize) -> Self {
+        Drafting {
+            drafter: CopyDrafter::new(source.to_vec(), max_draft),
+            stats: DraftStats::default(),
+            feed: Vec::with_capacity(max_draft + 1),
+        }
+    }
+
+    /// How many tokens the next pass would draft after `generated`, at most `limit`.
+    pub(crate) fn proposal_len(&mut self, generated: &[u32], limit: usize) -> usize {
+        self.drafter.propose(generated, limit).len()
+    }
+
+    /// Tells the drafter how a plain step went: `chosen` followed `generated`. A step that
+    /// chose the token the drafter would have drafted counts as a 1-token draft accepted, so
+    /// the draft length grows again after an edit, as it would in drafted passes.
+    pub(crate) fn observe(&mut self, generated: &[u32], chosen: u32) {
+        let Some(&expected) = self.drafter.propose(generated, 1).first() else {
+            return;
+        };
+        self.drafter.feedback(1, usize::from(expected == chosen));
+    }
+
+    /// One pass over `model`'s single-sequence cache, which holds `cursor.len()` positions:
+    /// feeds `token` (accepted, not yet cached) and up to `limit` drafted tokens, accepts the
+    /// drafts the model agrees with (through the same [`Chooser`] and [`TokenSink`] as plain
+    /// decoding) and rolls the cache back past the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pass<M: DecoderModel>(
+        &mut self,
+        model: &mut M,
+        cursor: &mut KvCursor,
+        decoder: &impl Decode,
+        chooser: &mut Chooser,
+        sink: &mut TokenSink<'_>,
+        token: u32,
+        limit: usize,
+    ) -> Result<Pass> {
+        let vocab = model.vocab_size();
+        self.feed.clear();
+        self.feed.push(token);
+        self.feed
+            .extend_from_slice(self.drafter.propose(sink.generated(), limit));
+        let drafted = self.feed.len() - 1;
+
+        let plan = cursor.plan(self.feed.len())?;
+        let rows = model.forward_all(&self.feed, plan)?;
+        self.stats.passes += 1;
+        self.stats.proposed += drafted;
+        let mut accepted = 0;
+        let mut next = token;
+        for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
+            let (choice, is_draft) = if i < drafted {
+                chooser.verify(row, &sink.history, self.feed[i + 1])
+            } else {
+                (chooser.choose(row, &sink.history), false)
+            };
+            if !is_draft {
+                next = choice;
+                break;
+            }
+            accepted += 1;
+            if let Some(reason) = sink.accept(decoder, choice)? {
+                self.stats.accepted += accepted;
+                return Ok(Pass::Ended(reason));
+            }
+        }
+        self.stats.accepted += accepted;
+        self.drafter.feedback(drafted, accepted);
+        // Keep the fed token and the accepted drafts; forget the rejected ones.
+        let keep = plan.past_len + 1 + accepted;
+        cursor.commit(plan);
+        cursor.truncate(keep);
+        model.truncate_cache(keep)?;
+        Ok(Pass::Next(next))
+    }
+}
 
 impl<M: DecoderModel> Generator<'_, M> {
     /// Like [`generate`](Self::generate), drafting from `draft_source` (the tokenized answer)
@@ -35,7 +133,6 @@ impl<M: DecoderModel> Generator<'_, M> {
         if !config.copy_drafts || !self.model.can_rollback() {
             return self.generate(decoder, prompt, config, eos_ids, on_text);
         }
-        let vocab = self.model.vocab_size();
         let s = match self.start(prompt, config, eos_ids, Box::new(on_text))? {
             Start::Running(s) => s,
             Start::Done(g) => return Ok(g),
@@ -50,10 +147,8 @@ impl<M: DecoderModel> Generator<'_, M> {
         let decode_start = Instant::now();
         let mut token = first;
 
-        let mut drafter = CopyDrafter::new(draft_source.to_vec(), config.max_draft_tokens);
-        let mut stats = DraftStats::default();
-        let mut feed: Vec<u32> = Vec::with_capacity(config.max_draft_tokens + 1);
-        let finish_reason = 'generation: loop {
+        let mut drafting = Drafting::new(draft_source, config.max_draft_tokens);
+        let finish_reason = loop {
             if let Some(reason) = sink.accept(decoder, token)? {
                 break reason;
             }
@@ -63,45 +158,22 @@ impl<M: DecoderModel> Generator<'_, M> {
             }
             // Drafts beyond the context or the token budget could never be kept.
             let limit = (remaining - 1).min(sink.budget_left() - 1);
-            feed.clear();
-            feed.push(token);
-            feed.extend_from_slice(drafter.propose(sink.generated(), limit));
-            let drafted = feed.len() - 1;
-
-            let plan = self.cursor.plan(feed.len())?;
-            let rows = self.model.forward_all(&feed, plan)?;
-            stats.passes += 1;
-            stats.proposed += drafted;
-            let mut accepted = 0;
-            let mut next = token;
-            for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
-                let (choice, is_draft) = if i < drafted {
-                    chooser.verify(row, &sink.history, feed[i + 1])
-                } else {
-                    (chooser.choose(row, &sink.history), false)
-                };
-                if is_draft {
-                    accepted += 1;
-                    if let Some(reason) = sink.accept(decoder, choice)? {
-                        stats.accepted += accepted;
-                        break 'generation reason;
-                    }
-                } else {
-                    next = choice;
-                    break;
-                }
+            let pass = drafting.pass(
+                &mut *self.model,
+                &mut self.cursor,
+                decoder,
+                &mut chooser,
+                &mut sink,
+                token,
+                limit,
+            )?;
+            match pass {
+                Pass::Ended(reason) => break reason,
+                Pass::Next(next) => token = next,
             }
-            stats.accepted += accepted;
-            drafter.feedback(drafted, accepted);
-            // Keep the fed token and the accepted drafts; forget the rejected ones.
-            let keep = plan.past_len + 1 + accepted;
-            self.cursor.commit(plan);
-            self.cursor.truncate(keep);
-            self.model.truncate_cache(keep)?;
-            token = next;
         };
         let mut generation = self.finish(sink, finish_reason, start, prefill_ms, decode_start);
-        generation.drafts = Some(stats);
+        generation.drafts = Some(drafting.stats);
         Ok(generation)
     }
 }

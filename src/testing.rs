@@ -145,6 +145,18 @@ impl BatchModel for ScriptedModel {
         self.slot_caches[slot] = self.cached[..len].to_vec();
         Ok(())
     }
+    fn unload_slot(&mut self, slot: usize, len: usize) -> Result<()> {
+        assert!(
+            len <= self.slot_caches[slot].len(),
+            "unloaded positions that are not cached"
+        );
+        assert!(
+            self.reserved.last().is_some_and(|&r| r >= len),
+            "unloaded into a cache not reserved for it"
+        );
+        self.cached = self.slot_caches[slot][..len].to_vec();
+        Ok(())
+    }
     fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
         assert!(
             len <= self.slot_caches[from].len(),

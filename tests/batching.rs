@@ -104,3 +104,54 @@ fn greedy_rows_in_a_batch_equal_the_rows_alone() {
         );
     }
 }
+
+#[test]
+fn greedy_corrections_draft_in_a_batch_and_equal_the_rows_alone() {
+    let mut model = load();
+    let pairs = workload_pairs();
+    let configs: Vec<GenerationConfig> = (0..pairs.len())
+        .map(|i| {
+            model
+                .generation_defaults()
+                .with_temperature(0.0)
+                .with_max_new_tokens(24 + (i * 11) % 40)
+        })
+        .collect();
+    // Alone with drafts, as `aligner correct` runs each.
+    let alone: Vec<_> = pairs
+        .iter()
+        .zip(&configs)
+        .map(|((q, a), c)| model.correct(q, a, c, &mut |_| true).unwrap())
+        .collect();
+    let in_batch = batched(&mut model, 4, &pairs, &configs);
+    let exact = alone
+        .iter()
+        .zip(&in_batch)
+        .filter(|(a, b)| a.tokens == b.tokens && a.text == b.text)
+        .count();
+    let drafted = in_batch
+        .iter()
+        .filter(|g| g.drafts.is_some_and(|d| d.passes > 0 && d.accepted >= 8))
+        .count();
+    let copied: usize = in_batch
+        .iter()
+        .filter_map(|g| g.drafts)
+        .map(|d| d.accepted)
+        .sum();
+    let tokens: usize = in_batch.iter().map(|g| g.tokens.len()).sum();
+    eprintln!(
+        "drafts in a batch of 4: {exact}/{} rows equal to the row alone; {drafted} rows drafted, {copied} of {tokens} tokens accepted from drafts",
+        pairs.len()
+    );
+    assert!(
+        exact + 1 >= pairs.len(),
+        "only {exact}/{} rows equal",
+        pairs.len()
+    );
+    // The workload's copy pairs (12 of 16) are copied in drafted passes.
+    assert!(drafted >= 10, "only {drafted} rows drafted");
+    assert!(
+        copied * 2 > tokens,
+        "{copied} of {tokens} tokens from drafts"
+    );
+}

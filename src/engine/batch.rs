@@ -7,7 +7,8 @@
 //! has `past[s] + 1` ones then zeros, so the graph's `seqlens_k` (mask sum minus one) tells
 //! GroupQueryAttention where the new token goes and what it attends to, per row, and the rotary
 //! position is the row's own. A slot's prompt is run alone in the single-sequence buffers and
-//! copied into its slot (`load_slot`): a memcpy per layer and head.
+//! copied into its slot (`load_slot`): a memcpy per layer and head. A sequence with a copy
+//! draft goes the other way for its drafted pass (`unload_slot`), then back.
 //!
 //! CPU only for now: the copy reads and writes host memory.
 
@@ -67,6 +68,56 @@ fn copy_kv(
     }
 }
 
+/// Which way [`OnnxDecoder::copy_slot`] copies.
+enum Direction {
+    /// Single-sequence cache to the slot (a prompt joins the batch).
+    IntoSlot,
+    /// The slot to the single-sequence cache (a sequence leaves for a drafted pass).
+    OutOfSlot,
+}
+
+impl OnnxDecoder {
+    /// Copies the first `len` positions of every layer and head between the single-sequence
+    /// cache (stride `capacity`) and `slot` of the batch cache (stride `positions`).
+    fn copy_slot(&mut self, slot: usize, len: usize, direction: Direction) -> Result<()> {
+        let KvStorage::Shared {
+            _buffers: single,
+            capacity,
+            ..
+        } = &mut self.kv
+        else {
+            return Err(Error::invalid(
+                "batched decoding needs a shared-buffer model",
+            ));
+        };
+        let Some(batch) = self.batch.as_mut() else {
+            return Err(Error::invalid("a slot copy before reserve_batch"));
+        };
+        if slot >= batch.slots || len > batch.positions || len > *capacity {
+            return Err(Error::invalid(format!(
+                "slot {slot} of {} cannot take {len} positions ({} per slot, {} single)",
+                batch.slots, batch.positions, capacity
+            )));
+        }
+        let (h, d, cap, p) = (self.kv_heads, self.head_size, *capacity, batch.positions);
+        let single_at = |head: usize| head * cap * d;
+        let slot_at = |head: usize| (slot * h + head) * p * d;
+        for (one, many) in single.iter_mut().zip(batch.buffers.iter_mut()) {
+            match direction {
+                Direction::IntoSlot => {
+                    let runs = (0..h).map(|head| (single_at(head), slot_at(head)));
+                    copy_kv(self.kv_dtype, one, many, runs, len * d)?;
+                }
+                Direction::OutOfSlot => {
+                    let runs = (0..h).map(|head| (slot_at(head), single_at(head)));
+                    copy_kv(self.kv_dtype, many, one, runs, len * d)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl BatchModel for OnnxDecoder {
     fn reserve_batch(&mut self, slots: usize, positions: usize) -> Result<()> {
         self.require_cpu_shared("batched decoding", "use a batch size of 1")?;
@@ -98,32 +149,11 @@ impl BatchModel for OnnxDecoder {
     }
 
     fn load_slot(&mut self, slot: usize, len: usize) -> Result<()> {
-        let KvStorage::Shared {
-            _buffers: single,
-            capacity,
-            ..
-        } = &self.kv
-        else {
-            return Err(Error::invalid(
-                "batched decoding needs a shared-buffer model",
-            ));
-        };
-        let Some(batch) = self.batch.as_mut() else {
-            return Err(Error::invalid("load_slot before reserve_batch"));
-        };
-        if slot >= batch.slots || len > batch.positions || len > *capacity {
-            return Err(Error::invalid(format!(
-                "slot {slot} of {} cannot take {len} positions ({} per slot)",
-                batch.slots, batch.positions
-            )));
-        }
-        let (h, d, cap) = (self.kv_heads, self.head_size, *capacity);
-        for (src, dst) in single.iter().zip(batch.buffers.iter_mut()) {
-            let runs =
-                (0..h).map(|head| (head * cap * d, ((slot * h) + head) * batch.positions * d));
-            copy_kv(self.kv_dtype, src, dst, runs, len * d)?;
-        }
-        Ok(())
+        self.copy_slot(slot, len, Direction::IntoSlot)
+    }
+
+    fn unload_slot(&mut self, slot: usize, len: usize) -> Result<()> {
+        self.copy_slot(slot, len, Direction::OutOfSlot)
     }
 
     fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
