@@ -288,11 +288,13 @@ fn bad_requests_come_back_with_their_tag() {
     assert_eq!(b.positions, 16);
 }
 
+type Job = (Vec<u32>, GenerationConfig);
+
 /// Jobs with long budgets, and as draft sources each one's own output alone: exact (job 0, 3,
 /// ...), with an edit of three tokens after the third (1, 4, ...), or none (2, 5, ...). After
 /// the edit the draft length falls to 4, under [`MIN_DRAFT_ALONE`]: only batched steps that
 /// agree with the draft grow it back.
-fn drafting_jobs() -> (Vec<(Vec<u32>, GenerationConfig)>, Vec<Option<Vec<u32>>>) {
+fn drafting_jobs() -> (Vec<Job>, Vec<Option<Vec<u32>>>) {
     let jobs: Vec<_> = jobs()
         .into_iter()
         .map(|(prompt, cfg)| (prompt, cfg.with_max_new_tokens(40).with_suppress_eos(true)))
