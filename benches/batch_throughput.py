@@ -38,6 +38,8 @@ SETTINGS = {
     "2x1-batch-8": ["--workers", "2", "--threads", "1", "--batch-size", "8"],
     "2x1-batch-16": ["--workers", "2", "--threads", "1", "--batch-size", "16"],
     "2x1-batch-32": ["--workers", "2", "--threads", "1", "--batch-size", "32"],
+    # Batching as it was before copy drafts ran in batches: every row decodes plainly.
+    "2x1-batch-16-no-draft": ["--workers", "2", "--threads", "1", "--batch-size", "16", "--no-draft"],
 }
 BASELINE = "sessions-2x1-rows-1by1"
 

@@ -8,7 +8,8 @@
 //!
 //! Throughput: each of `--workers` model sessions decodes up to `--batch-size` rows together
 //! (continuous batching, see [`slots`]); by default there is a session per core, one thread
-//! each. With `--batch-size 1` the sessions take rows one by one, with copy drafts. A feeder
+//! each. Greedy corrections copy-draft in the batch too ([`aligner::batching`]); with
+//! `--batch-size 1` the sessions take rows one by one. A feeder
 //! thread reads the input and the main thread writes results.
 
 mod input;

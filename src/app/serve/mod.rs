@@ -33,9 +33,9 @@ use super::workers::{self, load_workers, WorkerCount, Workers};
 
 /// Requests per worker decoding together by default: 1, chosen by measurement
 /// (benches/serve_load.py, README "Batched decoding"). With 8 clients on 2 cores, corrections
-/// that mostly copy the answer ran faster one by one with copy drafts (11.8 req/s on 2 workers)
-/// than batched (8.7 req/s with 2 workers x 4 slots): both saturate the cores, and drafts also
-/// keep each request's latency low. `--batch-size` turns batching on for long rewrites.
+/// that mostly copy the answer ran one by one with copy drafts at 12.7 req/s on 2 workers,
+/// p99 974 ms; 2 workers x 4 slots (drafting in the batch) at 13.7 req/s but p99 1954 ms and
+/// a quarter more memory. `--batch-size` turns batching on for throughput and long rewrites.
 const BATCH_SLOTS: usize = 1;
 
 /// File descriptors kept for everything but client connections (models, logs, the upstream).
