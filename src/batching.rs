@@ -21,7 +21,7 @@
 
 use std::time::Instant;
 
-use crate::config::GenerationConfig;
+use crate::config::{GenerationConfig, GREEDY_BELOW_TEMPERATURE};
 use crate::error::{Error, Result};
 use crate::generate::{Generator, Start};
 use crate::kv_cache::KvCursor;
@@ -158,7 +158,7 @@ impl<'c, T> Batcher<'c, T> {
             decode_start: Instant::now(),
             reused,
             drafting: draft_source
-                .filter(|_| config.copy_drafts && config.temperature == 0.0)
+                .filter(|_| config.copy_drafts && config.temperature < GREEDY_BELOW_TEMPERATURE)
                 .filter(|_| model.can_rollback())
                 .map(|source| Drafting::new(source, config.max_draft_tokens)),
         };
