@@ -67,8 +67,8 @@ struct Running<'c, T> {
 /// holds the bookkeeping, the model holds the caches.
 ///
 /// Running sequences always fill slots `0..running`: a finished one's slot takes the last
-/// sequence ([`BatchModel::move_slot`]). The model's batch is only as wide as needed (a power
-/// of two of at least the running count), so a lone sequence does not pay for empty slots.
+/// sequence ([`BatchModel::move_slot`]). A pass runs exactly the running sequences; the
+/// model's batch cache (memory) is a power of two of slots of at least the running count.
 pub struct Batcher<'c, T> {
     eos_ids: Vec<u32>,
     rows: Vec<Running<'c, T>>,
@@ -224,9 +224,6 @@ impl<'c, T> Batcher<'c, T> {
             self.tokens.push(row.next);
             self.past.push(row.sink.history.len() - 1);
         }
-        // Slots past the running ones hold nothing: any token at position 0.
-        self.tokens.resize(self.width, 0);
-        self.past.resize(self.width, 0);
         let logits = match model.forward_batch(&self.tokens, &self.past) {
             Ok(l) => l,
             Err(e) => {
@@ -234,7 +231,7 @@ impl<'c, T> Batcher<'c, T> {
                 return done;
             }
         };
-        let vocab = logits.len() / self.width;
+        let vocab = logits.len() / self.rows.len();
         let mut ended = Vec::new();
         for (s, row) in self.rows.iter_mut().enumerate() {
             let row_logits = &mut logits[s * vocab..(s + 1) * vocab];

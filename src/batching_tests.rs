@@ -381,3 +381,21 @@ fn sampled_and_short_drafts_stay_in_the_batch() {
         assert_eq!(r.drafts.map_or(0, |d| d.passes), 0, "job {i}");
     }
 }
+
+#[test]
+fn a_pass_runs_only_the_running_sequences() {
+    // Five sequences in a batch of 8: the cache is 8 wide, each pass 5 rows, then fewer as
+    // they end (padding the passes to the cache's width gave 8).
+    let jobs = &jobs()[..5];
+    let mut m = model(128);
+    let (results, _) = batched(&mut m, 8, jobs);
+    for ((prompt, cfg), got) in jobs.iter().zip(results) {
+        assert_eq!(got.unwrap().tokens, alone(128, prompt, cfg).tokens);
+    }
+    assert_eq!(m.batch_calls[0], 5, "{:?}", m.batch_calls);
+    assert!(
+        m.batch_calls.windows(2).all(|w| w[1] <= w[0]),
+        "{:?}",
+        m.batch_calls
+    );
+}

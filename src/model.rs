@@ -61,8 +61,9 @@ pub trait BatchModel: DecoderModel {
     /// slot takes the last running one, so running slots stay `0..n`).
     fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()>;
 
-    /// One token per slot: `tokens[s]` goes to position `past[s]` of slot `s` and attends to
-    /// that slot's first `past[s]` positions. Returns `slots * vocab_size` logits, slot by slot.
-    /// A slot with no sequence gets any token at position 0.
+    /// One token for each of the first `tokens.len()` slots (at most the reserved slots):
+    /// `tokens[s]` goes to position `past[s]` of slot `s` and attends to that slot's first
+    /// `past[s]` positions. Returns `tokens.len() * vocab_size` logits, slot by slot. Slots past
+    /// those are not computed.
     fn forward_batch(&mut self, tokens: &[u32], past: &[usize]) -> Result<&mut [f32]>;
 }

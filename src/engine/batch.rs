@@ -10,20 +10,95 @@
 //! copied into its slot (`load_slot`): a memcpy per layer and head. A sequence with a copy
 //! draft goes the other way for its drafted pass (`unload_slot`), then back.
 //!
+//! A pass computes only the running sequences, which fill slots `0..n`: it binds views of the
+//! first `n` slots of each buffer (`[n, kv_heads, positions, head]`, the same memory and
+//! strides), one binding per `n`, made on first use. Padding the pass to the cache's width
+//! instead cost a batch whose copy-heavy rows had left for their drafts as much as a full one.
+//!
 //! CPU only for now: the copy reads and writes host memory.
 
-use ort::value::{DynTensor, TensorElementType};
+use std::ffi::CString;
+use std::ptr::{self, NonNull};
 
-use super::{run_bound, KvStorage, OnnxDecoder};
+use ort::session::IoBinding;
+use ort::sys::OrtValue;
+use ort::value::{DynTensor, TensorElementType};
+use ort::AsPointer;
+
+use super::{run_bound, shared, KvStorage, OnnxDecoder};
 use crate::error::{Error, Result};
 use crate::model::BatchModel;
 
-/// The batch cache and its binding.
+/// The batch cache and its bindings.
 pub(super) struct BatchKv {
     buffers: Vec<DynTensor>,
     slots: usize,
     positions: usize,
-    binding: Box<ort::session::IoBinding>,
+    /// Index `n - 1`: the binding for a pass over the first `n` slots, once one ran.
+    bindings: Vec<Option<RowsBinding>>,
+}
+
+/// A binding of views of the first rows of every batch buffer, as past input and present
+/// output (GroupQueryAttention writes in place), and the views it binds.
+struct RowsBinding {
+    binding: Box<IoBinding>,
+    /// Dropped after the binding (fields drop in order).
+    _views: Vec<View>,
+}
+
+/// An ONNX Runtime tensor over memory a batch buffer owns: released on drop, never freed.
+struct View(NonNull<OrtValue>);
+
+// SAFETY: a view is only used through its decoder's binding, by whichever one thread holds
+// the decoder; ONNX Runtime values carry no thread affinity.
+unsafe impl Send for View {}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // SAFETY: the value was created by CreateTensorWithDataAsOrtValue and is released once.
+        unsafe { (ort::api().ReleaseValue)(self.0.as_ptr()) }
+    }
+}
+
+/// A `[rows, kv_heads, positions, head]` view of the start of `buffer` (whose shape is
+/// `[slots, kv_heads, positions, head]` with `rows <= slots`).
+fn view(buffer: &mut DynTensor, dtype: TensorElementType, shape: [usize; 4]) -> Result<View> {
+    let element = match dtype {
+        TensorElementType::Float16 => 2,
+        _ => 4,
+    };
+    let bytes = shape.iter().product::<usize>() * element;
+    let dims = shape.map(|d| d as i64);
+    let mut value: *mut OrtValue = ptr::null_mut();
+    // SAFETY: the memory is the first `bytes` bytes of `buffer`, which outlives the view (both
+    // live in the same BatchKv, the view dropping first); ONNX Runtime reads the shape now.
+    shared::check(unsafe {
+        (ort::api().CreateTensorWithDataAsOrtValue)(
+            buffer.memory_info().ptr(),
+            buffer.data_ptr_mut(),
+            bytes,
+            dims.as_ptr(),
+            dims.len(),
+            dtype.into(),
+            &mut value,
+        )
+    })?;
+    NonNull::new(value)
+        .map(View)
+        .ok_or_else(|| Error::Inference("ONNX Runtime returned no view".into()))
+}
+
+/// Binds `value` as the input or output `name` of `binding`.
+fn bind(binding: &mut IoBinding, name: &str, value: &View, output: bool) -> Result<()> {
+    let api = ort::api();
+    let name = CString::new(name).map_err(|e| Error::Inference(e.to_string()))?;
+    let bind = if output {
+        api.BindOutput
+    } else {
+        api.BindInput
+    };
+    // SAFETY: the binding and the value are live; ONNX Runtime copies the name.
+    shared::check(unsafe { bind(binding.ptr_mut(), name.as_ptr(), value.0.as_ptr()) })
 }
 
 /// Copies `rows` runs of `run` elements from `src` (row stride `src_stride`) to `dst` (row
@@ -118,6 +193,38 @@ impl OnnxDecoder {
     }
 }
 
+impl OnnxDecoder {
+    /// A binding whose past inputs and present outputs are views of the first `rows` slots.
+    fn bind_rows(&mut self, rows: usize) -> Result<RowsBinding> {
+        let mut binding = self.session.create_binding().map_err(Error::ort_run)?;
+        let (h, d, dtype) = (self.kv_heads, self.head_size, self.kv_dtype);
+        let pasts: Vec<String> = (0..self.present_names.len())
+            .map(|layer| self.past_input_name(layer).to_string())
+            .collect();
+        let batch = self
+            .batch
+            .as_mut()
+            .ok_or_else(|| Error::invalid("a batched pass before reserve_batch"))?;
+        let positions = batch.positions;
+        let mut views = Vec::with_capacity(batch.buffers.len());
+        for ((buffer, past), present) in batch
+            .buffers
+            .iter_mut()
+            .zip(&pasts)
+            .zip(&self.present_names)
+        {
+            let v = view(buffer, dtype, [rows, h, positions, d])?;
+            bind(&mut binding, past, &v, false)?;
+            bind(&mut binding, present, &v, true)?;
+            views.push(v);
+        }
+        Ok(RowsBinding {
+            binding: Box::new(binding),
+            _views: views,
+        })
+    }
+}
+
 impl BatchModel for OnnxDecoder {
     fn reserve_batch(&mut self, slots: usize, positions: usize) -> Result<()> {
         self.require_cpu_shared("batched decoding", "use a batch size of 1")?;
@@ -138,12 +245,11 @@ impl BatchModel for OnnxDecoder {
                 copy_kv(self.kv_dtype, src, dst, runs, run)?;
             }
         }
-        let binding = self.bind_kv(&mut buffers)?;
         self.batch = Some(BatchKv {
             buffers,
             slots,
             positions,
-            binding: Box::new(binding),
+            bindings: (0..slots).map(|_| None).collect(),
         });
         Ok(())
     }
@@ -181,10 +287,12 @@ impl BatchModel for OnnxDecoder {
         let Some(batch) = self.batch.as_ref() else {
             return Err(Error::invalid("forward_batch before reserve_batch"));
         };
-        let slots = batch.slots;
-        if tokens.len() != slots || past.len() != slots {
+        let rows = tokens.len();
+        if rows == 0 || rows > batch.slots || past.len() != rows {
             return Err(Error::invalid(format!(
-                "a batched pass takes one token per slot ({slots})"
+                "a batched pass takes one token for each of 1 to {} slots, not {rows} tokens and {} positions",
+                batch.slots,
+                past.len()
             )));
         }
         let width = past.iter().max().copied().unwrap_or(0) + 1;
@@ -195,17 +303,26 @@ impl BatchModel for OnnxDecoder {
             });
         }
         let step = self.step_inputs(tokens, past, 1)?;
+        if self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.bindings[rows - 1].is_none())
+        {
+            let made = self.bind_rows(rows)?;
+            self.batch.as_mut().expect("checked above").bindings[rows - 1] = Some(made);
+        }
         let batch = self.batch.as_mut().expect("checked above");
+        let rows_binding = batch.bindings[rows - 1].as_mut().expect("made above");
         let logits = run_bound(
             &self.session,
-            &mut batch.binding,
+            &mut rows_binding.binding,
             &self.input_names,
             &step,
             &self.logits_name,
             &self.cpu_output,
         )?;
-        self.logit_rows = slots;
+        self.logit_rows = rows;
         self.copy_last_logits(&logits)?;
-        Ok(&mut self.logits[..slots * self.vocab_size])
+        Ok(&mut self.logits[..rows * self.vocab_size])
     }
 }

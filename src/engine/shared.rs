@@ -108,7 +108,7 @@ fn no_output(output: &str) -> Error {
 }
 
 /// Turns an ONNX Runtime status into a result, releasing it.
-fn check(status: OrtStatusPtr) -> Result<()> {
+pub(super) fn check(status: OrtStatusPtr) -> Result<()> {
     let OrtStatusPtr(status) = status;
     if status.is_null() {
         return Ok(());
