@@ -56,32 +56,51 @@ fn batched(
     out.into_iter().map(Option::unwrap).collect()
 }
 
-#[test]
-fn greedy_rows_in_a_batch_equal_the_rows_alone() {
-    let mut model = load();
-    let pairs = workload_pairs();
-    // Budgets differ per row so that rows end at different steps and free slots are refilled.
-    let configs: Vec<GenerationConfig> = (0..pairs.len())
+/// Greedy configs, with copy drafts or without. Budgets differ per row so that rows end at
+/// different steps and free slots are refilled.
+fn greedy_configs(model: &Aligner, n: usize, drafts: bool) -> Vec<GenerationConfig> {
+    (0..n)
         .map(|i| {
             model
                 .generation_defaults()
                 .with_temperature(0.0)
-                .with_copy_drafts(false)
+                .with_copy_drafts(drafts)
                 .with_max_new_tokens(24 + (i * 11) % 40)
         })
-        .collect();
-    let alone: Vec<_> = pairs
+        .collect()
+}
+
+/// Each pair corrected alone, as `aligner correct` runs it.
+fn alone(
+    model: &mut Aligner,
+    pairs: &[(String, String)],
+    configs: &[GenerationConfig],
+) -> Vec<aligner::Generation> {
+    pairs
         .iter()
-        .zip(&configs)
+        .zip(configs)
         .map(|((q, a), c)| model.correct(q, a, c, &mut |_| true).unwrap())
-        .collect();
+        .collect()
+}
+
+/// Rows whose tokens and text equal the same row alone.
+fn exact(alone: &[aligner::Generation], in_batch: &[aligner::Generation]) -> usize {
+    alone
+        .iter()
+        .zip(in_batch)
+        .filter(|(a, b)| a.tokens == b.tokens && a.text == b.text)
+        .count()
+}
+
+#[test]
+fn greedy_rows_in_a_batch_equal_the_rows_alone() {
+    let mut model = load();
+    let pairs = workload_pairs();
+    let configs = greedy_configs(&model, pairs.len(), false);
+    let alone = alone(&mut model, &pairs, &configs);
     for slots in [4, 7] {
         let in_batch = batched(&mut model, slots, &pairs, &configs);
-        let exact = alone
-            .iter()
-            .zip(&in_batch)
-            .filter(|(a, b)| a.tokens == b.tokens && a.text == b.text)
-            .count();
+        let exact = exact(&alone, &in_batch);
         eprintln!(
             "batch of {slots}: {exact}/{} rows token-for-token equal to the row alone",
             pairs.len()
@@ -109,26 +128,10 @@ fn greedy_rows_in_a_batch_equal_the_rows_alone() {
 fn greedy_corrections_draft_in_a_batch_and_equal_the_rows_alone() {
     let mut model = load();
     let pairs = workload_pairs();
-    let configs: Vec<GenerationConfig> = (0..pairs.len())
-        .map(|i| {
-            model
-                .generation_defaults()
-                .with_temperature(0.0)
-                .with_max_new_tokens(24 + (i * 11) % 40)
-        })
-        .collect();
-    // Alone with drafts, as `aligner correct` runs each.
-    let alone: Vec<_> = pairs
-        .iter()
-        .zip(&configs)
-        .map(|((q, a), c)| model.correct(q, a, c, &mut |_| true).unwrap())
-        .collect();
+    let configs = greedy_configs(&model, pairs.len(), true);
+    let alone = alone(&mut model, &pairs, &configs);
     let in_batch = batched(&mut model, 4, &pairs, &configs);
-    let exact = alone
-        .iter()
-        .zip(&in_batch)
-        .filter(|(a, b)| a.tokens == b.tokens && a.text == b.text)
-        .count();
+    let exact = exact(&alone, &in_batch);
     let drafted = in_batch
         .iter()
         .filter(|g| g.drafts.is_some_and(|d| d.passes > 0 && d.accepted >= 8))
