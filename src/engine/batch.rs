@@ -31,11 +31,12 @@ use crate::model::BatchModel;
 
 /// The batch cache and its bindings.
 pub(super) struct BatchKv {
+    /// Index `n - 1`: the binding for a pass over the first `n` slots, once one ran. Declared
+    /// before the buffers, so that the views over them drop first (fields drop in order).
+    bindings: Vec<Option<RowsBinding>>,
     buffers: Vec<DynTensor>,
     slots: usize,
     positions: usize,
-    /// Index `n - 1`: the binding for a pass over the first `n` slots, once one ran.
-    bindings: Vec<Option<RowsBinding>>,
 }
 
 /// A binding of views of the first rows of every batch buffer, as past input and present
@@ -246,10 +247,10 @@ impl BatchModel for OnnxDecoder {
             }
         }
         self.batch = Some(BatchKv {
+            bindings: (0..slots).map(|_| None).collect(),
             buffers,
             slots,
             positions,
-            bindings: (0..slots).map(|_| None).collect(),
         });
         Ok(())
     }
