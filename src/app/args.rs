@@ -236,9 +236,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Requests each worker decodes together (continuous batching: a queued request takes a
-    /// slot as soon as one frees). 1, the default, runs requests one by one with copy drafts,
-    /// which was faster for corrections that mostly copy the answer; batching wins on long
-    /// rewrites. CPU only.
+    /// slot as soon as one frees). 1, the default, runs requests one by one with copy drafts;
+    /// wider batches copy-draft greedy corrections too, and on 2 cores gained 6-8% req/s at
+    /// twice the p99 latency. CPU only.
     #[arg(long, value_name = "B")]
     pub batch_size: Option<usize>,
     /// Requests that may wait for a free slot; beyond that the server answers 429.
@@ -341,8 +341,8 @@ pub struct BatchArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Rows each session decodes together (continuous batching: a finished row's slot takes
-    /// the next row at once). 1 runs rows one by one with copy drafts. Default: 16 on the CPU,
-    /// 1 on a GPU.
+    /// the next row at once). Greedy corrections copy-draft in a batch too; 1 runs rows one by
+    /// one. Default: 16 on the CPU, 1 on a GPU.
     #[arg(long, value_name = "B")]
     pub batch_size: Option<usize>,
     /// fsync the output every N rows (rows are flushed to the OS as they finish).
