@@ -296,13 +296,9 @@ impl<'c, T> Batcher<'c, T> {
     ) {
         let mut s = 0;
         while s < self.rows.len() {
-            let end = match self.draft_alone(model, decoder, s) {
-                Ok(None) => {
-                    s += 1;
-                    continue;
-                }
-                Ok(Some(reason)) => Ok(reason),
-                Err(e) => Err(e),
+            let Some(end) = self.draft_alone(model, decoder, s).transpose() else {
+                s += 1;
+                continue;
             };
             // The slot now holds the last sequence, which has not had its turn yet.
             if let Err(e) = self.retire(model, s, end, done) {
