@@ -90,6 +90,12 @@ impl LoadOptions {
         self.engine = self.engine.with_provider(provider);
         self
     }
+    /// Cache optimized CPU graphs under `root` (none by default: the binary chooses the
+    /// user cache dir).
+    pub fn with_graph_cache(mut self, root: impl Into<PathBuf>) -> Self {
+        self.engine = self.engine.with_graph_cache(root);
+        self
+    }
 }
 
 /// Which ONNX Runtime runs a model, without exposing ONNX Runtime's own types.
@@ -187,6 +193,13 @@ impl Aligner {
             path: self.runtime.path.clone(),
             provider: self.provider().label(),
         }
+    }
+
+    /// Whether a prompt's pass projects only its last position onto the vocabulary. True for
+    /// our exporter's graphs (they take `logits_to_keep`); a graph without that input, such as
+    /// onnxruntime-genai's builder's, projects every prompt position, which slows prefill.
+    pub fn keeps_only_needed_logits(&self) -> bool {
+        self.engine.keeps_only_needed_logits()
     }
 
     /// The execution provider actually running the model, and where its nodes went.

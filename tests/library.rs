@@ -165,3 +165,22 @@ fn prefix_reuse_gives_the_same_corrections_as_whole_prompts() {
         "the system prompt is reused: {reused:?}"
     );
 }
+
+/// Our exporter's graphs take `logits_to_keep` with a default, which ONNX Runtime lists among
+/// the overridable initializers, not the inputs. The engine must still bind it, on the
+/// original graph and on a graph-cache entry (written, then loaded), or every prompt pass
+/// projects every position onto the vocabulary.
+#[test]
+fn our_graphs_project_only_the_last_prompt_position() {
+    let cache = tempfile::tempdir().unwrap();
+    let cached = || options().with_graph_cache(cache.path());
+    for (model, opts) in [
+        (tiny_int8(), options()),
+        (tiny_int8(), cached()),
+        (tiny_int8(), cached()),
+        (default_model(), options()),
+    ] {
+        let a = Aligner::load(&model, &opts).unwrap();
+        assert!(a.keeps_only_needed_logits(), "{}", model.display());
+    }
+}

@@ -39,6 +39,8 @@ struct InfoReport<'a> {
     provider_notes: &'a [String],
     node_placement: Vec<Placement<'a>>,
     exported_for: Option<&'a [String]>,
+    /// A prompt's pass projects only its last position onto the vocabulary.
+    last_position_logits: bool,
 }
 
 #[derive(Serialize)]
@@ -78,6 +80,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             })
             .collect(),
         exported_for: folder.intended_providers(),
+        last_position_logits: aligner.keeps_only_needed_logits(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&info)?);
@@ -111,5 +114,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if let Some(intended) = &info.exported_for {
         println!("exported for:     {}", intended.join(", "));
     }
+    println!(
+        "prompt logits:    {}",
+        if info.last_position_logits {
+            "last position only (logits_to_keep)"
+        } else {
+            "every position (the graph has no logits_to_keep input; a folder from `python -m aligner_export` has one and prefills faster)"
+        }
+    );
     Ok(())
 }

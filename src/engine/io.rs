@@ -28,16 +28,30 @@ pub(super) fn tensor_type(vt: &ValueType) -> Option<TensorElementType> {
     }
 }
 
+/// Our exporter's optional input: logits for only the last k positions.
+const LOGITS_TO_KEEP: &str = "logits_to_keep";
+
 fn layer_name(pattern: &str, i: usize) -> String {
     pattern.replace("%d", &i.to_string())
 }
 
+/// The inputs a step binds: their names and roles, in the same order.
+pub(super) struct Inputs {
+    pub names: Vec<String>,
+    pub roles: Vec<InputRole>,
+}
+
 /// The role of every session input, and the KV cache's dtype (fp32 or fp16).
+///
+/// Our exporter's `logits_to_keep` is an input with an initializer (0: every position), so
+/// that onnxruntime-genai, which never feeds it, still runs the graph. ONNX Runtime lists such
+/// an input among the session's overridable initializers, not its inputs, so it is looked up
+/// there: without it, every prefill computes the vocabulary projection of every position.
 pub(super) fn input_roles(
     session: &Session,
     folder: &ModelFolder,
     path: &Path,
-) -> Result<(Vec<InputRole>, TensorElementType)> {
+) -> Result<(Inputs, TensorElementType)> {
     let d = &folder.genai.model.decoder;
     let names = &d.inputs;
 
@@ -48,16 +62,26 @@ pub(super) fn input_roles(
     }
     let mut roles = Vec::new();
     let mut kv_dtype = None;
-    for input in session.inputs() {
-        let name = input.name();
-        let ty = tensor_type(input.dtype());
+    let mut input_names = Vec::new();
+    let keep = session
+        .overridable_initializers()
+        .into_iter()
+        .find(|i| i.name() == LOGITS_TO_KEEP)
+        .map(|i| (i.name().to_string(), i.dtype().clone()));
+    let inputs = session
+        .inputs()
+        .iter()
+        .map(|i| (i.name().to_string(), i.dtype().clone()));
+    for (name, dtype) in inputs.chain(keep) {
+        let name = name.as_str();
+        let ty = tensor_type(&dtype);
         let role = if name == names.input_ids {
             InputRole::InputIds
         } else if Some(name) == names.attention_mask.as_deref() || name == "attention_mask" {
             InputRole::AttentionMask(ty.unwrap_or(TensorElementType::Int64))
         } else if Some(name) == names.position_ids.as_deref() || name == "position_ids" {
             InputRole::PositionIds(ty.unwrap_or(TensorElementType::Int64))
-        } else if name == "logits_to_keep" {
+        } else if name == LOGITS_TO_KEEP {
             InputRole::LogitsToKeep
         } else if let Some(&slot) = past_slots.get(name) {
             kv_dtype = ty;
@@ -69,6 +93,7 @@ pub(super) fn input_roles(
             ));
         };
         roles.push(role);
+        input_names.push(name.to_string());
     }
     let n_past = roles
         .iter()
@@ -92,7 +117,11 @@ pub(super) fn input_roles(
             ))
         }
     };
-    Ok((roles, kv_dtype))
+    let inputs = Inputs {
+        names: input_names,
+        roles,
+    };
+    Ok((inputs, kv_dtype))
 }
 
 /// The present (cache output) names, key then value per layer, after checking that the graph

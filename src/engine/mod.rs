@@ -135,14 +135,15 @@ impl OnnxDecoder {
         path: &std::path::Path,
     ) -> Result<OnnxDecoder> {
         let d = &folder.genai.model.decoder;
-        let (roles, kv_dtype) = io::input_roles(&session, folder, path)?;
+        let (
+            io::Inputs {
+                names: input_names,
+                roles,
+            },
+            kv_dtype,
+        ) = io::input_roles(&session, folder, path)?;
         let present_names = io::present_names(&session, folder, path)?;
         let vocab_size = folder.genai.model.vocab_size;
-        let input_names = session
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_string())
-            .collect();
         let kv = if folder.genai.search.past_present_share_buffer {
             KvStorage::unbound()
         } else {
@@ -269,6 +270,12 @@ impl OnnxDecoder {
     /// The provider running the graph and where its nodes went.
     pub fn provider_report(&self) -> &ProviderReport {
         &self.report
+    }
+
+    /// Whether a pass projects only the positions it needs onto the vocabulary (the graph
+    /// takes `logits_to_keep`, as our exporter's do), rather than every position of a prompt.
+    pub fn keeps_only_needed_logits(&self) -> bool {
+        self.roles.contains(&InputRole::LogitsToKeep)
     }
 
     /// One `[batch, kv_heads, len, head]` tensor per past slot.
@@ -426,12 +433,15 @@ impl OnnxDecoder {
         let KvStorage::Chained(past) = &self.kv else {
             return Err(Error::Inference("chained KV cache expected".into()));
         };
-        let mut inputs: Vec<SessionInputValue<'_>> = Vec::with_capacity(self.roles.len());
+        // By name: `logits_to_keep` is not among the session's inputs (see `io::input_roles`),
+        // so a positional list would not reach it.
+        let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(self.roles.len());
         for (index, role) in self.roles.iter().enumerate() {
+            let name = self.input_names[index].as_str();
             match *role {
-                InputRole::Past(slot) => inputs.push((&past[slot]).into()),
+                InputRole::Past(slot) => inputs.push((name, (&past[slot]).into())),
                 _ => match step.next() {
-                    Some((i, value)) if i == index => inputs.push(value.into()),
+                    Some((i, value)) if i == index => inputs.push((name, value.into())),
                     _ => return Err(Error::Inference("input order mismatch".into())),
                 },
             }
@@ -439,7 +449,7 @@ impl OnnxDecoder {
         // Chained decoders are never shared (see `share`), so the session is this one's.
         let session = Arc::get_mut(&mut self.session)
             .ok_or_else(|| Error::Inference("a shared session cannot chain its cache".into()))?;
-        let mut outputs = session.run(inputs.as_slice()).map_err(Error::ort_run)?;
+        let mut outputs = session.run(inputs).map_err(Error::ort_run)?;
         let logits = outputs
             .remove(&self.logits_name)
             .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
@@ -452,7 +462,6 @@ impl OnnxDecoder {
             );
         }
         drop(outputs);
-        drop(inputs);
         self.kv = KvStorage::Chained(next_past);
         self.copy_last_logits(&logits)
     }
