@@ -9,6 +9,7 @@ use ort::value::{TensorElementType, ValueType};
 
 use crate::error::{Error, Result};
 use crate::folder::ModelFolder;
+use crate::provider::Provider;
 
 /// What each session input is, in session order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,10 +48,13 @@ pub(super) struct Inputs {
 /// that onnxruntime-genai, which never feeds it, still runs the graph. ONNX Runtime lists such
 /// an input among the session's overridable initializers, not its inputs, so it is looked up
 /// there: without it, every prefill computes the vocabulary projection of every position.
+/// TensorRT is left the graph's default: it would take the input as a shape tensor that its
+/// optimisation profiles do not cover, and that path has not yet run on hardware.
 pub(super) fn input_roles(
     session: &Session,
     folder: &ModelFolder,
     path: &Path,
+    provider: Provider,
 ) -> Result<(Inputs, TensorElementType)> {
     let d = &folder.genai.model.decoder;
     let names = &d.inputs;
@@ -66,7 +70,7 @@ pub(super) fn input_roles(
     let keep = session
         .overridable_initializers()
         .into_iter()
-        .find(|i| i.name() == LOGITS_TO_KEEP)
+        .find(|i| i.name() == LOGITS_TO_KEEP && provider != Provider::TensorRt)
         .map(|i| (i.name().to_string(), i.dtype().clone()));
     let inputs = session
         .inputs()

@@ -141,7 +141,7 @@ impl OnnxDecoder {
                 roles,
             },
             kv_dtype,
-        ) = io::input_roles(&session, folder, path)?;
+        ) = io::input_roles(&session, folder, path, report.provider)?;
         let present_names = io::present_names(&session, folder, path)?;
         let vocab_size = folder.genai.model.vocab_size;
         let kv = if folder.genai.search.past_present_share_buffer {
