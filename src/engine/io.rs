@@ -1,15 +1,19 @@
 //! The graph's inputs and outputs, checked against genai_config.json: which input plays
 //! which role, the KV cache's dtype, and the present outputs. A mismatch is a load error that
-//! names the input or output and says to re-export.
+//! names the input or output and says to re-export. Also each step's input tensors and the
+//! copy of the logits it returns.
 
 use std::path::Path;
 
 use ort::session::Session;
-use ort::value::{TensorElementType, ValueType};
+use ort::value::{DynValue, TensorElementType, ValueType};
 
 use crate::error::{Error, Result};
 use crate::folder::ModelFolder;
 use crate::provider::Provider;
+
+use super::session::int_tensor;
+use super::OnnxDecoder;
 
 /// What each session input is, in session order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,6 +130,98 @@ pub(super) fn input_roles(
         roles,
     };
     Ok((inputs, kv_dtype))
+}
+
+/// A step's inputs and logits, on the decoder.
+impl OnnxDecoder {
+    /// The per-step inputs (ids, mask, positions, logits to keep) with their session input
+    /// index, for `past.len()` rows that each append `tokens.len() / rows` tokens after their
+    /// own `past[r]` cached positions. Rows are right-padded: row `r`'s mask has
+    /// `past[r] + new` ones, which is how GroupQueryAttention learns each row's length.
+    pub(super) fn step_inputs(
+        &self,
+        tokens: &[u32],
+        past: &[usize],
+        keep: usize,
+    ) -> Result<Vec<(usize, DynValue)>> {
+        let rows = past.len();
+        let new = tokens.len() / rows;
+        let width = past.iter().max().copied().unwrap_or(0) + new;
+        let allocator = self.session.allocator();
+        let mut out = Vec::with_capacity(4);
+        for (index, role) in self.roles.iter().enumerate() {
+            let value = match *role {
+                InputRole::InputIds => int_tensor(
+                    allocator,
+                    TensorElementType::Int64,
+                    &[rows, new],
+                    tokens.iter().map(|&t| t as i64),
+                )?,
+                InputRole::AttentionMask(dtype) => int_tensor(
+                    allocator,
+                    dtype,
+                    &[rows, width],
+                    past.iter()
+                        .flat_map(|&p| (0..width).map(move |k| i64::from(k < p + new))),
+                )?,
+                InputRole::PositionIds(dtype) => int_tensor(
+                    allocator,
+                    dtype,
+                    &[rows, new],
+                    past.iter().flat_map(|&p| (p..p + new).map(|k| k as i64)),
+                )?,
+                InputRole::LogitsToKeep => int_tensor(
+                    allocator,
+                    TensorElementType::Int64,
+                    &[1],
+                    std::iter::once(keep as i64),
+                )?,
+                InputRole::Past(_) => continue,
+            };
+            out.push((index, value));
+        }
+        Ok(out)
+    }
+
+    /// Copies the last `self.logit_rows` positions' logits into `self.logits`.
+    pub(super) fn copy_last_logits(&mut self, value: &DynValue) -> Result<()> {
+        let vocab = self.vocab_size;
+        let want = self.logit_rows * vocab;
+        if self.logits.len() < want {
+            self.logits.resize(want, 0.0);
+        }
+        let shape_err = |n: usize| {
+            Error::Inference(format!(
+                "logits hold {n} values, expected a multiple of vocab_size {vocab}"
+            ))
+        };
+        match tensor_type(value.dtype()) {
+            Some(TensorElementType::Float32) => {
+                let (_, data) = value.try_extract_tensor::<f32>().map_err(Error::ort_run)?;
+                if data.len() < want || data.len() % vocab != 0 {
+                    return Err(shape_err(data.len()));
+                }
+                self.logits[..want].copy_from_slice(&data[data.len() - want..]);
+            }
+            Some(TensorElementType::Float16) => {
+                let (_, data) = value
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(Error::ort_run)?;
+                if data.len() < want || data.len() % vocab != 0 {
+                    return Err(shape_err(data.len()));
+                }
+                for (dst, src) in self.logits.iter_mut().zip(&data[data.len() - want..]) {
+                    *dst = src.to_f32();
+                }
+            }
+            other => {
+                return Err(Error::Inference(format!(
+                    "unsupported logits dtype {other:?}"
+                )))
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The present (cache output) names, key then value per layer, after checking that the graph

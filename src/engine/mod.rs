@@ -33,8 +33,7 @@ mod io;
 mod session;
 mod shared;
 mod startup;
-use io::{attention_on_gpu, tensor_type, InputRole};
-use session::int_tensor;
+use io::{attention_on_gpu, InputRole};
 
 /// The smallest shared KV buffer allocated, in positions (about 12 MB for SmolLM2-135M).
 const MIN_KV_POSITIONS: usize = 256;
@@ -356,55 +355,6 @@ impl OnnxDecoder {
         &self.input_names[index]
     }
 
-    /// The per-step inputs (ids, mask, positions, logits to keep) with their session input
-    /// index, for `past.len()` rows that each append `tokens.len() / rows` tokens after their
-    /// own `past[r]` cached positions. Rows are right-padded: row `r`'s mask has
-    /// `past[r] + new` ones, which is how GroupQueryAttention learns each row's length.
-    fn step_inputs(
-        &self,
-        tokens: &[u32],
-        past: &[usize],
-        keep: usize,
-    ) -> Result<Vec<(usize, DynValue)>> {
-        let rows = past.len();
-        let new = tokens.len() / rows;
-        let width = past.iter().max().copied().unwrap_or(0) + new;
-        let allocator = self.session.allocator();
-        let mut out = Vec::with_capacity(4);
-        for (index, role) in self.roles.iter().enumerate() {
-            let value = match *role {
-                InputRole::InputIds => int_tensor(
-                    allocator,
-                    TensorElementType::Int64,
-                    &[rows, new],
-                    tokens.iter().map(|&t| t as i64),
-                )?,
-                InputRole::AttentionMask(dtype) => int_tensor(
-                    allocator,
-                    dtype,
-                    &[rows, width],
-                    past.iter()
-                        .flat_map(|&p| (0..width).map(move |k| i64::from(k < p + new))),
-                )?,
-                InputRole::PositionIds(dtype) => int_tensor(
-                    allocator,
-                    dtype,
-                    &[rows, new],
-                    past.iter().flat_map(|&p| (p..p + new).map(|k| k as i64)),
-                )?,
-                InputRole::LogitsToKeep => int_tensor(
-                    allocator,
-                    TensorElementType::Int64,
-                    &[1],
-                    std::iter::once(keep as i64),
-                )?,
-                InputRole::Past(_) => continue,
-            };
-            out.push((index, value));
-        }
-        Ok(out)
-    }
-
     fn forward_shared(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
         self.ensure_shared_capacity(plan.total_len())?;
         let step = self.step_inputs(tokens, &[plan.past_len], self.logit_rows)?;
@@ -471,46 +421,6 @@ impl OnnxDecoder {
             KvStorage::Shared { .. } => self.forward_shared(tokens, plan),
             KvStorage::Chained(_) => self.forward_chained(tokens, plan),
         }
-    }
-
-    /// Copies the last `self.logit_rows` positions' logits into `self.logits`.
-    fn copy_last_logits(&mut self, value: &DynValue) -> Result<()> {
-        let vocab = self.vocab_size;
-        let want = self.logit_rows * vocab;
-        if self.logits.len() < want {
-            self.logits.resize(want, 0.0);
-        }
-        let shape_err = |n: usize| {
-            Error::Inference(format!(
-                "logits hold {n} values, expected a multiple of vocab_size {vocab}"
-            ))
-        };
-        match tensor_type(value.dtype()) {
-            Some(TensorElementType::Float32) => {
-                let (_, data) = value.try_extract_tensor::<f32>().map_err(Error::ort_run)?;
-                if data.len() < want || data.len() % vocab != 0 {
-                    return Err(shape_err(data.len()));
-                }
-                self.logits[..want].copy_from_slice(&data[data.len() - want..]);
-            }
-            Some(TensorElementType::Float16) => {
-                let (_, data) = value
-                    .try_extract_tensor::<half::f16>()
-                    .map_err(Error::ort_run)?;
-                if data.len() < want || data.len() % vocab != 0 {
-                    return Err(shape_err(data.len()));
-                }
-                for (dst, src) in self.logits.iter_mut().zip(&data[data.len() - want..]) {
-                    *dst = src.to_f32();
-                }
-            }
-            other => {
-                return Err(Error::Inference(format!(
-                    "unsupported logits dtype {other:?}"
-                )))
-            }
-        }
-        Ok(())
     }
 }
 
