@@ -40,6 +40,9 @@ SETTINGS = {
     "2x1-batch-32": ["--workers", "2", "--threads", "1", "--batch-size", "32"],
     # Batching as it was before copy drafts ran in batches: every row decodes plainly.
     "2x1-batch-16-no-draft": ["--workers", "2", "--threads", "1", "--batch-size", "16", "--no-draft"],
+    # The first copy draft verified in the prompt's pass (not the default: see the README).
+    "2x1-batch-16-draft-with-prompt": ["--workers", "2", "--threads", "1", "--batch-size", "16",
+                                       "--draft-with-prompt"],
 }
 BASELINE = "sessions-2x1-rows-1by1"
 

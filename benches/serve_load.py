@@ -40,6 +40,9 @@ SETTINGS = {
     "1-worker-batch-8": ["--workers", "1", "--batch-size", "8"],
     "2-workers-batch-4": ["--workers", "2", "--batch-size", "4"],
     "2-workers-batch-8": ["--workers", "2", "--batch-size", "8"],
+    # The first copy draft verified in the prompt's pass (not the default: see the README).
+    "2-workers-1by1-draft-with-prompt": ["--workers", "2", "--batch-size", "1",
+                                         "--draft-with-prompt"],
 }
 BASELINE = "2-workers-1by1"
 

@@ -29,9 +29,9 @@ use crate::model::BatchModel;
 use crate::output::Generation;
 pub use crate::sequence::OnText;
 use crate::sequence::{Chooser, TokenSink};
-use crate::speculative::{Drafting, Pass};
 use crate::stop::FinishReason;
 use crate::tokenizer::Decode;
+use crate::verify::{Drafting, Pass};
 
 /// The most slots a batch may have.
 pub const MAX_SLOTS: usize = 64;
@@ -138,11 +138,28 @@ impl<'c, T> Batcher<'c, T> {
         if self.free() == 0 {
             return Some((tag, Err(Error::invalid("every batch slot is taken"))));
         }
+        let mut drafting = draft_source
+            .filter(|_| config.copy_drafts && config.temperature < GREEDY_BELOW_TEMPERATURE)
+            .filter(|_| model.can_rollback())
+            .map(|source| Drafting::new(source, config.max_draft_tokens));
         let mut generator = Generator::resume(&mut *model, std::mem::take(&mut self.cached));
-        let started = match generator.start(prompt, config, &self.eos_ids, on_text) {
+        let started = generator.start(
+            decoder,
+            prompt,
+            config,
+            &self.eos_ids,
+            on_text,
+            drafting.as_mut(),
+        );
+        let started = match started {
             Ok(Start::Running(s)) => s,
-            Ok(Start::Done(g)) => return Some((tag, Ok(g))), // cancelled during the prompt
-            Err(e) => return Some((tag, Err(e))),            // the cache is unknown: forget it
+            // Cancelled during the prompt, or ended within a first draft verified with it.
+            Ok(Start::Done(mut g)) => {
+                g.drafts = drafting.map(|d| d.stats);
+                self.cached = generator.into_cached();
+                return Some((tag, Ok(g)));
+            }
+            Err(e) => return Some((tag, Err(e))), // the cache is unknown: forget it
         };
         let reused = generator.hand_off(prompt);
         let cached_len = generator.cursor.len();
@@ -157,19 +174,19 @@ impl<'c, T> Batcher<'c, T> {
             prefill_ms: s.prefill_ms,
             decode_start: Instant::now(),
             reused,
-            drafting: draft_source
-                .filter(|_| config.copy_drafts && config.temperature < GREEDY_BELOW_TEMPERATURE)
-                .filter(|_| model.can_rollback())
-                .map(|source| Drafting::new(source, config.max_draft_tokens)),
+            drafting,
         };
         match row.sink.accept(decoder, row.next) {
             Ok(None) => {}
             Ok(Some(reason)) => return Some(row.finish(reason)),
             Err(e) => return Some((row.tag, Err(e))),
         }
-        let needed = prompt
+        // The history holds the prompt, any drafts accepted with it and `next`.
+        let needed = row
+            .sink
+            .history
             .len()
-            .saturating_add(row.sink.budget_left() + 1)
+            .saturating_add(row.sink.budget_left())
             .min(model.context_length());
         let slot = self.rows.len();
         let loaded = self
@@ -340,7 +357,7 @@ impl<'c, T> Batcher<'c, T> {
             decoder,
             &mut row.chooser,
             &mut row.sink,
-            row.next,
+            &[row.next],
             limit,
         )?;
         // Whether or not the sequence ended, the cursor counts only positions that hold its

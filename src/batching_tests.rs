@@ -399,3 +399,48 @@ fn a_pass_runs_only_the_running_sequences() {
         m.batch_calls
     );
 }
+
+#[test]
+fn a_first_draft_verified_with_the_prompt_can_end_a_row_at_admission() {
+    let (jobs, sources) = drafting_jobs();
+    let with_prompt = |budget: usize| -> Vec<Job> {
+        jobs.iter()
+            .map(|(p, c)| {
+                let c = c.clone().with_max_new_tokens(budget);
+                (p.clone(), c.with_draft_with_prompt(true))
+            })
+            .collect()
+    };
+    let check = |jobs: &[Job], results: Vec<Result<Generation>>| {
+        for (i, ((prompt, cfg), got)) in jobs.iter().zip(results).enumerate() {
+            let want = alone(128, prompt, cfg);
+            let got = got.unwrap();
+            assert_eq!(
+                (&got.tokens, &got.text, got.finish_reason),
+                (&want.tokens, &want.text, want.finish_reason),
+                "job {i}"
+            );
+        }
+    };
+    let long = with_prompt(40);
+    let (results, _) = batched_drafting(&mut model(128), 3, &long, &sources);
+    check(&long, results);
+
+    // 33 tokens: an exact source's 32-token first draft and the token after it fill the
+    // budget in the prompt pass, so those rows never take a batched pass.
+    let exact: Vec<usize> = (0..jobs.len()).filter(|i| i % 3 == 0).collect();
+    let short: Vec<Job> = exact.iter().map(|&i| with_prompt(33)[i].clone()).collect();
+    let short_sources: Vec<_> = exact.iter().map(|&i| sources[i].clone()).collect();
+    let mut m = model(128);
+    let (results, passes) = batched_drafting(&mut m, 3, &short, &short_sources);
+    let drafts: Vec<_> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().drafts.unwrap())
+        .collect();
+    check(&short, results);
+    assert_eq!(passes, 0);
+    assert!(m.batch_calls.is_empty());
+    for d in drafts {
+        assert_eq!((d.passes, d.proposed, d.accepted), (1, 32, 32), "{d:?}");
+    }
+}

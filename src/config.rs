@@ -32,6 +32,12 @@ pub struct GenerationConfig {
     pub copy_drafts: bool,
     /// Length of the first draft and upper bound of the adaptive draft length.
     pub max_draft_tokens: usize,
+    /// Verify the first copy draft in the prompt's own pass instead of a pass after it. Where
+    /// the correction copies its answer that saves a pass (about a decode step); where it
+    /// rewrites from its first token the whole draft is computed for nothing (about a prefill
+    /// token each), and the first token only arrives with the draft's verdict. So it is off by
+    /// default: it pays on short, copy-heavy corrections only.
+    pub draft_with_prompt: bool,
     /// Longest prompt accepted, in tokens (`None`: whatever the context holds). A server sets
     /// it so that one request cannot hold a worker for a very long prompt pass.
     pub max_prompt_tokens: Option<usize>,
@@ -59,6 +65,7 @@ impl Default for GenerationConfig {
             suppress_eos: false,
             copy_drafts: true,
             max_draft_tokens: 32,
+            draft_with_prompt: false,
             max_prompt_tokens: None,
             reuse_prefix: true,
         }
@@ -167,6 +174,10 @@ impl GenerationConfig {
     }
     pub fn with_max_draft_tokens(mut self, n: usize) -> Self {
         self.max_draft_tokens = n;
+        self
+    }
+    pub fn with_draft_with_prompt(mut self, on: bool) -> Self {
+        self.draft_with_prompt = on;
         self
     }
     pub fn with_reuse_prefix(mut self, on: bool) -> Self {

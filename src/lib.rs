@@ -44,6 +44,7 @@ pub mod template;
 #[cfg(test)]
 mod testing;
 pub mod tokenizer;
+pub(crate) mod verify;
 
 use std::path::{Path, PathBuf};
 

@@ -17,9 +17,11 @@ pub trait DecoderModel {
     /// sampler can process them in place).
     fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]>;
 
-    /// Like [`forward`](Self::forward) but returns the logits of every new position,
-    /// `tokens.len() * vocab_size` values row by row (speculative verification).
-    fn forward_all(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]>;
+    /// Like [`forward`](Self::forward) but returns the logits of the last `rows` new positions
+    /// (`1 <= rows <= tokens.len()`), `rows * vocab_size` values row by row: speculative
+    /// verification needs every drafted position, and a prompt verified with its first draft
+    /// in the same pass needs its last position and the draft's.
+    fn forward_last(&mut self, tokens: &[u32], plan: StepPlan, rows: usize) -> Result<&mut [f32]>;
 
     /// Whether [`truncate_cache`](Self::truncate_cache) accepts a non-zero length, which
     /// rejecting a draft needs.

@@ -15,14 +15,19 @@ pub struct Timings {
     /// Everything after the first token.
     pub decode_ms: f64,
     pub total_ms: f64,
+    /// Tokens that arrived with the first: 1, or more when the first copy draft was verified
+    /// in the prompt's pass ([`GenerationConfig::draft_with_prompt`](crate::GenerationConfig)).
+    pub first_pass_tokens: usize,
 }
 
 impl Timings {
     pub fn prefill_tok_s(&self, prompt_tokens: usize) -> f64 {
         rate(prompt_tokens, self.prefill_ms)
     }
+    /// Tokens decoded after the first pass, per second of `decode_ms`.
     pub fn decode_tok_s(&self, new_tokens: usize) -> f64 {
-        rate(new_tokens.saturating_sub(1), self.decode_ms)
+        let first = self.first_pass_tokens.max(1);
+        rate(new_tokens.saturating_sub(first), self.decode_ms)
     }
 }
 
@@ -37,7 +42,8 @@ fn rate(n: usize, ms: f64) -> f64 {
 /// How the copy drafts fared in one generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DraftStats {
-    /// Forward passes after the prompt (plain decoding needs one per token).
+    /// Drafted forward passes (plain decoding needs one per token); a prompt pass that
+    /// verified the first draft counts as one.
     pub passes: usize,
     pub proposed: usize,
     pub accepted: usize,

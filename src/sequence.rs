@@ -81,6 +81,8 @@ pub(crate) struct TokenSink<'c> {
     stream: DecodeStream,
     stops: StopStrings,
     on_text: OnText<'c>,
+    /// Tokens the first pass produced (see [`Timings::first_pass_tokens`]).
+    first_pass_tokens: usize,
 }
 
 impl<'c> TokenSink<'c> {
@@ -101,7 +103,14 @@ impl<'c> TokenSink<'c> {
             stream: DecodeStream::new(),
             stops: StopStrings::new(config.stop.clone()),
             on_text,
+            first_pass_tokens: 1,
         }
+    }
+
+    /// Records that the first pass produced `n` tokens (a first draft verified with the
+    /// prompt), so that the decode rate counts only the tokens decoded after it.
+    pub(crate) fn set_first_pass_tokens(&mut self, n: usize) {
+        self.first_pass_tokens = n;
     }
 
     /// Asks the caller whether to go on, with an empty piece (see
@@ -165,6 +174,7 @@ impl<'c> TokenSink<'c> {
             prefill_ms,
             decode_ms: ms_since(decode_start),
             total_ms: ms_since(start),
+            first_pass_tokens: self.first_pass_tokens,
         };
         let mut tokens = self.history.split_off(self.prompt_len);
         if finish_reason == FinishReason::Eos {

@@ -103,8 +103,13 @@ impl DecoderModel for ScriptedModel {
     fn forward(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
         Ok(self.run(tokens, plan, 1))
     }
-    fn forward_all(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
-        Ok(self.run(tokens, plan, tokens.len()))
+    fn forward_last(&mut self, tokens: &[u32], plan: StepPlan, rows: usize) -> Result<&mut [f32]> {
+        assert!(
+            (1..=tokens.len()).contains(&rows),
+            "{rows} logit rows asked of a {}-token pass",
+            tokens.len()
+        );
+        Ok(self.run(tokens, plan, rows))
     }
     fn can_rollback(&self) -> bool {
         true

@@ -158,3 +158,47 @@ fn greedy_corrections_draft_in_a_batch_and_equal_the_rows_alone() {
         "{copied} of {tokens} tokens from drafts"
     );
 }
+
+#[test]
+fn a_first_draft_verified_with_the_prompt_ends_copy_rows_at_admission() {
+    let mut model = load();
+    let pairs = workload_pairs();
+    // 32 tokens: the prompt pass can verify a 31-token first draft and choose the token after.
+    let configs: Vec<_> = greedy_configs(&model, pairs.len(), true)
+        .into_iter()
+        .map(|c| c.with_max_new_tokens(32))
+        .collect();
+    let alone = alone(&mut model, &pairs, &configs);
+    let mut batch = model.batch(4).unwrap();
+    let mut ended_at_admission = 0;
+    let mut exact = 0;
+    for (i, ((q, a), c)) in pairs.iter().zip(&configs).enumerate() {
+        let c = c.clone().with_draft_with_prompt(true);
+        let mut got = match batch.admit_correction(None, q, a, &c, Box::new(|_| true), i) {
+            Some((_, r)) => {
+                ended_at_admission += 1;
+                vec![r.unwrap()]
+            }
+            None => Vec::new(),
+        };
+        while batch.running() > 0 {
+            got.extend(batch.step().into_iter().map(|(_, r)| r.unwrap()));
+        }
+        let got = got.pop().unwrap();
+        exact += usize::from(got.tokens == alone[i].tokens && got.text == alone[i].text);
+    }
+    eprintln!(
+        "first draft with the prompt: {ended_at_admission}/{} rows ended in their prompt pass, {exact} equal to the row alone",
+        pairs.len()
+    );
+    assert!(
+        exact + 1 >= pairs.len(),
+        "only {exact}/{} rows equal",
+        pairs.len()
+    );
+    // Most of the workload's corrections copy at least their answer's first 32 tokens.
+    assert!(
+        ended_at_admission >= 8,
+        "{ended_at_admission} rows ended at admission"
+    );
+}

@@ -360,3 +360,37 @@ fn copy_drafts_change_speed_not_output() {
         "{d}"
     );
 }
+
+#[test]
+fn draft_with_prompt_verifies_the_first_draft_in_the_prompt_pass() {
+    // The trained default, whose corrections of good answers copy them.
+    let model = root().join("models/smollm2-135m-aligner-int8");
+    let answer = "There are nine planets in the Solar System: Mercury, Venus, Earth, Mars, Jupiter, Saturn, Uranus, Neptune and Pluto. They all orbit the Sun, and Jupiter is the largest of them.";
+    let correct = |extra: &[&str]| {
+        let mut args = vec![
+            "correct",
+            "--model",
+            model.to_str().unwrap(),
+            "-q",
+            "How many planets are in the Solar System?",
+            "-a",
+            answer,
+            "--max-new-tokens",
+            "32",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_of(&args)
+    };
+    let alone = correct(&[]);
+    let with_prompt = correct(&["--draft-with-prompt"]);
+    assert_eq!(with_prompt["correction"], alone["correction"]);
+    // This correction copies the answer. Alone, the prompt pass gives the first token and a
+    // drafted pass the other 31 (30 drafted, then the token after them); with the prompt, one
+    // pass verifies 31 drafted tokens and gives all 32.
+    assert_eq!(alone["timings"]["first_pass_tokens"], 1);
+    assert_eq!(alone["drafts"]["proposed"], 30);
+    assert_eq!(with_prompt["timings"]["first_pass_tokens"], 32);
+    assert_eq!(with_prompt["drafts"]["proposed"], 31);
+    assert_eq!(with_prompt["drafts"]["accepted"], 31);
+}

@@ -188,6 +188,11 @@ pub struct GenArgs {
     /// Length of the first copy draft and cap of the adaptive length [default: 32].
     #[arg(long, value_name = "N")]
     pub max_draft_tokens: Option<usize>,
+    /// Verify the first copy draft in the prompt's own pass: one pass fewer where the
+    /// correction copies its answer, a wasted draft where it rewrites from the first token, and
+    /// the first token arrives with the draft's verdict (see the README's copy drafts).
+    #[arg(long)]
+    pub draft_with_prompt: bool,
     /// Never produce EOS tokens (their logits are masked), so runs have fixed lengths.
     #[arg(long, alias = "ignore-eos")]
     pub suppress_eos: bool,
@@ -205,6 +210,9 @@ impl GenArgs {
         }
         if self.no_draft {
             c = c.with_copy_drafts(false);
+        }
+        if self.draft_with_prompt {
+            c = c.with_draft_with_prompt(true);
         }
         if self.no_prefix_reuse {
             c = c.with_reuse_prefix(false);

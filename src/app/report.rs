@@ -33,8 +33,11 @@ pub struct TimingReport {
     pub prefill_ms: f64,
     pub decode_ms: f64,
     pub total_ms: f64,
+    /// Tokens that arrived with the first (more than 1 with `--draft-with-prompt`).
+    pub first_pass_tokens: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefill_tok_s: Option<f64>,
+    /// Tokens after the first pass's, per second of `decode_ms`.
     pub decode_tok_s: f64,
 }
 
@@ -53,6 +56,7 @@ impl TimingReport {
             prefill_ms: t.prefill_ms,
             decode_ms: t.decode_ms,
             total_ms: t.total_ms,
+            first_pass_tokens: t.first_pass_tokens,
             prefill_tok_s: None,
             decode_tok_s: t.decode_tok_s(g.tokens.len()),
         }

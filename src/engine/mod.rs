@@ -460,9 +460,10 @@ impl DecoderModel for OnnxDecoder {
         Ok(&mut self.logits[..self.vocab_size])
     }
 
-    fn forward_all(&mut self, tokens: &[u32], plan: StepPlan) -> Result<&mut [f32]> {
-        self.run_step(tokens, plan, tokens.len())?;
-        Ok(&mut self.logits[..tokens.len() * self.vocab_size])
+    fn forward_last(&mut self, tokens: &[u32], plan: StepPlan, rows: usize) -> Result<&mut [f32]> {
+        let rows = rows.clamp(1, tokens.len().max(1));
+        self.run_step(tokens, plan, rows)?;
+        Ok(&mut self.logits[..rows * self.vocab_size])
     }
 
     fn reserve(&mut self, max_total_len: usize) -> Result<bool> {
