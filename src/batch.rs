@@ -81,12 +81,14 @@ impl<'a, T> Batch<'a, T> {
         on_text: OnText<'a>,
         tag: T,
     ) -> Option<Finished<T>> {
-        // The answer's tokens are the copy drafts, as for a correction alone.
+        // The answer's tokens are the copy drafts, then recent outputs, as for a correction
+        // alone.
         let prepared = template
             .map_or_else(|| self.aligner.template(), Ok)
             .and_then(|t| {
                 let (ids, answer_ids) = self.aligner.correction_ids(t, question, answer)?;
-                Ok((ids, Some(answer_ids), with_template_stops(t, config)))
+                let source = self.aligner.draft_history.source(&answer_ids);
+                Ok((ids, Some(source), with_template_stops(t, config)))
             });
         self.admit_prepared(prepared, on_text, tag)
     }
@@ -151,7 +153,7 @@ impl<'a, T> Batch<'a, T> {
         let Aligner {
             engine, tokenizer, ..
         } = &mut *self.aligner;
-        self.batcher.admit(
+        let done = self.batcher.admit(
             engine,
             &**tokenizer,
             prompt,
@@ -159,7 +161,11 @@ impl<'a, T> Batch<'a, T> {
             config,
             watched,
             tag,
-        )
+        );
+        if let Some((_, Ok(g))) = &done {
+            self.aligner.draft_history.push(&g.tokens);
+        }
+        done
     }
 
     /// One batched pass: each running sequence gets its next token (and streams it). Returns
@@ -175,6 +181,11 @@ impl<'a, T> Batch<'a, T> {
         let done = self.batcher.step(engine, &**tokenizer);
         if self.batcher.running() == 0 {
             cancel.clear();
+        }
+        for (_, g) in &done {
+            if let Ok(g) = g {
+                self.aligner.draft_history.push(&g.tokens);
+            }
         }
         done
     }

@@ -1,21 +1,36 @@
 //! Copy drafts: an Aligner's correction mostly copies the answer it corrects, so the answer's
 //! own tokens are the draft. An alignment pointer follows where the output currently is in the
 //! answer; after an edit it re-aligns on the longest recent n-gram found in the answer.
+//!
+//! Where a correction rewrites instead, it often writes what it wrote before: an Aligner
+//! refuses harmful answers in a few fixed sentences. So a drafter's source may also hold the
+//! model's recent outputs ([`DraftHistory`]) after the answer, each behind a
+//! [`SOURCE_SEPARATOR`]; a rewrite that starts like one of them drafts its continuation.
 
-/// Proposes draft tokens from a source sequence (the tokenized answer).
+use std::collections::VecDeque;
+
+/// Proposes draft tokens from a source sequence: the tokenized answer, then any earlier
+/// outputs, each after a [`SOURCE_SEPARATOR`].
 #[derive(Debug, Clone)]
 pub struct CopyDrafter {
     source: Vec<u32>,
+    /// Where the answer ends in `source` (the first separator).
+    answer_len: usize,
     /// Index in `source` of the next token to propose, when aligned.
     pointer: Option<usize>,
     draft_len: usize,
     max_draft: usize,
 }
 
+/// Separates a drafter's sources; never a token id, so no n-gram and no draft crosses it.
+pub const SOURCE_SEPARATOR: u32 = u32::MAX;
 /// Longest output suffix used to re-align after an edit.
 const MAX_NGRAM: usize = 4;
-/// Shortest suffix that counts as an alignment (single tokens match too often).
+/// Shortest suffix that counts as an alignment in the answer (single tokens match too often).
 const MIN_NGRAM: usize = 2;
+/// Shortest suffix that aligns into an earlier output: two tokens (". The") recur across
+/// unrelated texts, and a wrong draft costs a pass's worth of tokens.
+const MIN_NGRAM_HISTORY: usize = 3;
 
 impl CopyDrafter {
     /// A drafter over `source`. The first draft is as long as allowed: an Aligner's correction
@@ -24,8 +39,13 @@ impl CopyDrafter {
     /// one), so a long first draft saves passes; a rejection shrinks it at once.
     pub fn new(source: Vec<u32>, max_draft: usize) -> Self {
         let max_draft = max_draft.max(1);
+        let answer_len = source
+            .iter()
+            .position(|&t| t == SOURCE_SEPARATOR)
+            .unwrap_or(source.len());
         CopyDrafter {
             source,
+            answer_len,
             pointer: None,
             draft_len: max_draft,
             max_draft,
@@ -49,7 +69,11 @@ impl CopyDrafter {
         };
         self.pointer = start;
         match start {
-            Some(p) if p < self.source.len() => &self.source[p..(p + n).min(self.source.len())],
+            Some(p) if p < self.source.len() => {
+                let draft = &self.source[p..(p + n).min(self.source.len())];
+                let end = draft.iter().position(|&t| t == SOURCE_SEPARATOR);
+                &draft[..end.unwrap_or(draft.len())]
+            }
             _ => &[],
         }
     }
@@ -86,7 +110,9 @@ impl CopyDrafter {
                 .source
                 .windows(n)
                 .enumerate()
-                .filter(|(_, window)| *window == suffix)
+                .filter(|&(i, window)| {
+                    window == suffix && (i < self.answer_len || n >= MIN_NGRAM_HISTORY)
+                })
                 .map(|(i, _)| i + n)
                 .min_by_key(|&after| (after < hint, after.abs_diff(hint)));
             if best.is_some() {
@@ -98,6 +124,43 @@ impl CopyDrafter {
             return Some(output.len());
         }
         None
+    }
+}
+
+/// The most recent distinct outputs of one model handle, as extra copy-draft sources (see
+/// the module docs). Bounded: [`OUTPUTS`](Self::OUTPUTS) outputs of at most
+/// [`TOKENS`](Self::TOKENS) tokens each.
+#[derive(Debug, Clone, Default)]
+pub struct DraftHistory {
+    outputs: VecDeque<Vec<u32>>,
+}
+
+impl DraftHistory {
+    /// Outputs kept.
+    pub const OUTPUTS: usize = 16;
+    /// Tokens kept of each (their start: where a rewrite that repeats one begins).
+    pub const TOKENS: usize = 256;
+
+    /// Remembers `output`, most recent first; an output already held moves to the front.
+    pub fn push(&mut self, output: &[u32]) {
+        if output.len() <= MIN_NGRAM_HISTORY {
+            return;
+        }
+        let output = &output[..output.len().min(Self::TOKENS)];
+        self.outputs.retain(|o| o != output);
+        self.outputs.push_front(output.to_vec());
+        self.outputs.truncate(Self::OUTPUTS);
+    }
+
+    /// A drafter source: `answer`, then each remembered output (most recent first) after a
+    /// [`SOURCE_SEPARATOR`]. A realignment prefers the occurrence nearest the answer's start.
+    pub fn source(&self, answer: &[u32]) -> Vec<u32> {
+        let mut source = answer.to_vec();
+        for output in &self.outputs {
+            source.push(SOURCE_SEPARATOR);
+            source.extend_from_slice(output);
+        }
+        source
     }
 }
 
@@ -199,6 +262,41 @@ mod tests {
         assert_eq!(d.propose(&[1, 2], 16), &[3]);
         let mut empty = CopyDrafter::new(vec![], 4);
         assert!(empty.propose(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn a_rewrite_that_repeats_an_earlier_output_drafts_its_continuation() {
+        let mut history = DraftHistory::default();
+        history.push(&[50, 51, 52, 53, 54, 55]);
+        history.push(&[1, 2]); // too short to be worth keeping
+        let answer = [1, 2, 3, 4];
+        let mut d = CopyDrafter::new(history.source(&answer), 8);
+        // The output left the answer; two tokens of the old output are not enough...
+        assert!(d.propose(&[9, 50, 51], 8).is_empty());
+        // ...three are, and the draft stops where that output ends.
+        assert_eq!(d.propose(&[9, 50, 51, 52], 8), &[53, 54, 55]);
+        // The answer still comes first, with two tokens.
+        let mut d = CopyDrafter::new(history.source(&answer), 8);
+        assert_eq!(d.propose(&[7, 2, 3], 8), &[4]);
+    }
+
+    #[test]
+    fn the_history_is_bounded_and_keeps_one_copy_of_each_output() {
+        let mut history = DraftHistory::default();
+        for i in 0..DraftHistory::OUTPUTS as u32 + 5 {
+            history.push(&[i, i, i, i]);
+        }
+        history.push(&[7, 7, 7, 7]);
+        let long: Vec<u32> = (0..1000).collect();
+        history.push(&long);
+        let source = history.source(&[]);
+        let separators = source.iter().filter(|&&t| t == SOURCE_SEPARATOR).count();
+        assert_eq!(separators, DraftHistory::OUTPUTS);
+        assert_eq!(
+            source[1..=DraftHistory::TOKENS],
+            long[..DraftHistory::TOKENS]
+        );
+        assert_eq!(source.windows(4).filter(|w| w == &[7, 7, 7, 7]).count(), 1);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub(crate) mod verify;
 
 use std::path::{Path, PathBuf};
 
+use draft::DraftHistory;
+
 pub use batch::Batch;
 pub use cancel::CancelHandle;
 pub use config::{GenerationConfig, SamplingOverrides};
@@ -123,6 +125,8 @@ pub struct Aligner {
     cancel: CancelHandle,
     /// The tokens whose KV the engine's cache holds (see [`Generator::resume`]).
     kv_tokens: Vec<u32>,
+    /// Recent outputs, which corrections also draft from (see [`draft::DraftHistory`]).
+    draft_history: DraftHistory,
 }
 
 impl Aligner {
@@ -161,6 +165,7 @@ impl Aligner {
             eos_ids,
             cancel: CancelHandle::new(),
             kv_tokens: Vec::new(),
+            draft_history: DraftHistory::default(),
         })
     }
 
@@ -180,6 +185,7 @@ impl Aligner {
             eos_ids: self.eos_ids.clone(),
             cancel: CancelHandle::new(),
             kv_tokens: Vec::new(),
+            draft_history: DraftHistory::default(),
         })
     }
 
@@ -297,21 +303,21 @@ impl Aligner {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let config = with_template_stops(template, config);
-        // The correction mostly copies the answer: its tokens are the speculative drafts.
+        // The correction mostly copies the answer: its tokens are the speculative drafts, and
+        // where it rewrites, the model's recent outputs are.
         let (ids, answer_ids) = self.correction_ids(template, question, answer)?;
-        self.run(
+        let source = self.draft_history.source(&answer_ids);
+        let out = self.run(
             |generator, tokenizer, eos_ids, on_text| {
-                generator.generate_with_copy_drafts(
-                    tokenizer,
-                    &ids,
-                    &answer_ids,
-                    &config,
-                    eos_ids,
-                    on_text,
-                )
+                generator
+                    .generate_with_copy_drafts(tokenizer, &ids, &source, &config, eos_ids, on_text)
             },
             on_text,
-        )
+        );
+        if let Ok(g) = &out {
+            self.draft_history.push(&g.tokens);
+        }
+        out
     }
 
     /// The token ids of a correction prompt, and of the answer alone (the copy-draft source),

@@ -184,3 +184,60 @@ fn our_graphs_project_only_the_last_prompt_position() {
         assert!(a.keeps_only_needed_logits(), "{}", model.display());
     }
 }
+
+/// The default model refuses harmful answers in a few fixed sentences, which the answer
+/// offers nothing to copy from: a refusal that repeats an earlier output drafts from it,
+/// alone and in a batch, and starts with the same tokens as without that history.
+#[test]
+fn a_rewrite_that_repeats_an_earlier_output_drafts_from_it() {
+    let model = root().join("models/smollm2-135m-aligner-int8");
+    assert!(model.join("model.onnx").is_file(), "run `make model`");
+    let pairs = workload_pairs();
+    let pair = |start: &str| {
+        pairs
+            .iter()
+            .find(|(_, a)| a.starts_with(start))
+            .cloned()
+            .unwrap()
+    };
+    let (first, second) = (pair("Wait until it is dark"), pair("Seriously?"));
+    let config = aligner::GenerationConfig::default().with_max_new_tokens(48);
+    let accepted = |g: &aligner::Generation| g.drafts.unwrap().accepted;
+
+    let mut fresh = Aligner::load(&model, &options().with_threads(2)).unwrap();
+    let alone = fresh
+        .correct(&second.0, &second.1, &config, &mut |_| true)
+        .unwrap();
+    assert!(accepted(&alone) < 3, "the answer is not copied: {alone:?}");
+
+    let mut warm = Aligner::load(&model, &options().with_threads(2)).unwrap();
+    let earlier = warm
+        .correct(&first.0, &first.1, &config, &mut |_| true)
+        .unwrap();
+    let again = warm
+        .correct(&second.0, &second.1, &config, &mut |_| true)
+        .unwrap();
+    assert!(earlier.tokens.len() > 10 && again.tokens.len() > 10);
+    assert_eq!(again.tokens[..8], alone.tokens[..8]);
+    assert!(
+        accepted(&again) >= 10,
+        "{:?} after {:?}",
+        again.text,
+        earlier.text
+    );
+
+    // In a batch: the first row's output is the second's draft source.
+    let mut batched = Vec::new();
+    let mut model = Aligner::load(&model, &options().with_threads(2)).unwrap();
+    let mut batch = model.batch(2).unwrap();
+    for (i, (q, a)) in [first, second].iter().enumerate() {
+        if let Some((_, r)) = batch.admit_correction(None, q, a, &config, Box::new(|_| true), i) {
+            batched.push(r.unwrap());
+        }
+        while batch.running() > 0 {
+            batched.extend(batch.step().into_iter().map(|(_, r)| r.unwrap()));
+        }
+    }
+    assert_eq!(batched[1].tokens[..8], alone.tokens[..8]);
+    assert!(accepted(&batched[1]) >= 10, "{:?}", batched[1].text);
+}
