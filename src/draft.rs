@@ -128,8 +128,7 @@ impl CopyDrafter {
 }
 
 /// The most recent distinct outputs of one model handle, as extra copy-draft sources (see
-/// the module docs). Bounded: [`OUTPUTS`](Self::OUTPUTS) outputs of at most
-/// [`TOKENS`](Self::TOKENS) tokens each.
+/// the module docs). Bounded: 16 outputs of at most 256 tokens each.
 #[derive(Debug, Clone, Default)]
 pub struct DraftHistory {
     outputs: VecDeque<Vec<u32>>,
@@ -137,9 +136,9 @@ pub struct DraftHistory {
 
 impl DraftHistory {
     /// Outputs kept.
-    pub const OUTPUTS: usize = 16;
+    const OUTPUTS: usize = 16;
     /// Tokens kept of each (their start: where a rewrite that repeats one begins).
-    pub const TOKENS: usize = 256;
+    const TOKENS: usize = 256;
 
     /// Remembers `output`, most recent first; an output already held moves to the front.
     pub fn push(&mut self, output: &[u32]) {
