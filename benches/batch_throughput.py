@@ -2,7 +2,10 @@
 """`aligner batch` rows/s: continuous batching against the previous best (sessions per core,
 rows one by one), on the same rows and settings, in one run.
 
-The rows are the benchmark workload's 16 correction pairs, repeated. Every setting runs once
+The rows are the benchmark workload's 16 correction pairs, repeated, or the distinct pairs of
+`--pairs FILE` (e.g. reports/eval/rows.jsonl). Repeats flatter settings that run rows one
+after another: a repeated row drafts its whole output from its earlier twin (copy drafts also
+come from recent outputs). Every setting runs once
 per round and the rounds interleave, so a slow stretch of a noisy machine hits all of them;
 each figure is the median over rounds. EOS is suppressed so that every row writes exactly
 `--new-tokens` tokens and the settings do the same work.
@@ -47,8 +50,18 @@ SETTINGS = {
 BASELINE = "sessions-2x1-rows-1by1"
 
 
-def rows_file(tmp: Path, n: int) -> Path:
-    pairs = [json.loads(line) for line in WORKLOAD.read_text().splitlines() if line.strip()]
+def rows_file(tmp: Path, n: int, source: Path = WORKLOAD) -> Path:
+    seen: set[tuple[str, str]] = set()
+    pairs = []
+    for line in source.read_text().splitlines():
+        if line.strip():
+            p = json.loads(line)
+            key = (p["question"], p["answer"])
+            if key not in seen:
+                seen.add(key)
+                pairs.append(p)
+    if len(pairs) < n:
+        print(f"note: {source} has {len(pairs)} distinct pairs; {n} rows repeat them")
     path = tmp / "rows.jsonl"
     with path.open("w") as f:
         for i in range(n):
@@ -75,6 +88,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-aligner-int8")
     ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--pairs", type=Path, default=WORKLOAD,
+                    help="JSON lines with question and answer: the rows' distinct pairs")
     ap.add_argument("--new-tokens", type=int, nargs="+", default=[32, 160])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -95,7 +110,7 @@ def main() -> None:
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        rows = rows_file(tmp, a.rows)
+        rows = rows_file(tmp, a.rows, a.pairs)
         for new_tokens in a.new_tokens:
             rates: dict[str, list[float]] = {s: [] for s in runs}
             tokens: dict[str, int] = {}
