@@ -290,6 +290,17 @@ fn bad_requests_come_back_with_their_tag() {
 
 type Job = (Vec<u32>, GenerationConfig);
 
+/// Job `i`'s result in a batch against the job run alone. The model's next token hashes the
+/// whole cache: a slot or cache mix-up shows here.
+fn assert_equals_alone(i: usize, (prompt, cfg): &Job, got: &Generation) {
+    let want = alone(128, prompt, cfg);
+    assert_eq!(
+        (&got.tokens, &got.text, got.finish_reason),
+        (&want.tokens, &want.text, want.finish_reason),
+        "job {i}"
+    );
+}
+
 /// Jobs with long budgets, and as draft sources each one's own output alone: exact (job 0, 3,
 /// ...), with an edit of three tokens after the third (1, 4, ...), or none (2, 5, ...). After
 /// the edit the draft length falls to 4, under [`MIN_DRAFT_ALONE`]: only batched steps that
@@ -326,15 +337,9 @@ fn drafting_sequences_equal_the_sequence_alone_and_save_batched_passes() {
     let (results, passes) = batched_drafting(&mut m, 3, &jobs, &sources);
     let mut plain = model(128);
     let (_, plain_passes) = batched(&mut plain, 3, &jobs);
-    for (i, ((prompt, cfg), got)) in jobs.iter().zip(results).enumerate() {
-        let want = alone(128, prompt, cfg);
+    for (i, (job, got)) in jobs.iter().zip(results).enumerate() {
         let got = got.unwrap();
-        // The model's next token hashes the whole cache: a slot or cache mix-up shows here.
-        assert_eq!(
-            (&got.tokens, &got.text, got.finish_reason),
-            (&want.tokens, &want.text, want.finish_reason),
-            "job {i}"
-        );
+        assert_equals_alone(i, job, &got);
         match (i % 3, got.drafts) {
             // An exact source is copied in drafted passes alone: at least 8 tokens each.
             (0, Some(d)) => assert!(d.passes >= 1 && d.accepted >= 32, "job {i}: {d:?}"),
@@ -412,14 +417,8 @@ fn a_first_draft_verified_with_the_prompt_can_end_a_row_at_admission() {
             .collect()
     };
     let check = |jobs: &[Job], results: Vec<Result<Generation>>| {
-        for (i, ((prompt, cfg), got)) in jobs.iter().zip(results).enumerate() {
-            let want = alone(128, prompt, cfg);
-            let got = got.unwrap();
-            assert_eq!(
-                (&got.tokens, &got.text, got.finish_reason),
-                (&want.tokens, &want.text, want.finish_reason),
-                "job {i}"
-            );
+        for (i, (job, got)) in jobs.iter().zip(results).enumerate() {
+            assert_equals_alone(i, job, &got.unwrap());
         }
     };
     let long = with_prompt(40);
