@@ -29,6 +29,19 @@ pub(super) fn load(
     folder: &ModelFolder,
     config: &EngineConfig,
 ) -> Result<OnnxDecoder> {
+    let engine = load_checked(runtime, folder, config)?;
+    // A session build frees tens of MB of transient buffers (the graph's protobuf, optimizer
+    // copies) into glibc's heap, which keeps them resident. After a first session was freed
+    // (the start that writes an entry) its raised mmap threshold puts even large ones there.
+    release_free_heap();
+    Ok(engine)
+}
+
+fn load_checked(
+    runtime: &OrtRuntime,
+    folder: &ModelFolder,
+    config: &EngineConfig,
+) -> Result<OnnxDecoder> {
     let path = folder.model_path();
     let built = build_session(runtime, folder, &path, config, CacheWrite::WithPrepacked)?;
     let report = built.report.clone();
