@@ -55,10 +55,9 @@ fn load_checked(
         engine.truncate_cache(0)?;
         return Ok(engine);
     };
-    // One model's weights in memory at a time, also while checking; and the heap that held
-    // them goes back to the system, since the entry's weights will be mapped from its file.
+    // One model's weights in memory at a time, also while checking; `load` hands the freed
+    // heap back once the checked session stands.
     drop(engine);
-    release_free_heap();
     let checked = load_optimized(runtime, &entry.staged, config)
         .and_then(|s| OnnxDecoder::from_session(s, report, folder, &path))
         .and_then(|mut e| probe(&mut e).map(|logits| (e, logits)));
