@@ -142,26 +142,39 @@ def plain_section(a: argparse.Namespace, ids: list[int], tmp: Path) -> dict:
 
 
 def corrections_section(a: argparse.Namespace, tmp: Path) -> dict:
-    ours = json.loads(aligner("bench", "--model", str(a.model), "--threads", str(a.threads), "--runs", "1",
-                              "--new-tokens", "2", "--correction-tokens", str(a.correction_tokens),
-                              "--correction-runs", str(a.correction_runs), "--json",
-                              *(["--workload", str(a.workload)] if a.workload else [])))
+    """Per-pair correction times, aligner and onnxruntime-genai taking turns round by round (a
+    slow stretch of the machine then hits both), each time the median over every round."""
     m = og.Model(str(genai_view(a.model, a.threads, tmp / "corr")))
     cfg = json.loads((a.model / "genai_config.json").read_text())["model"]
     eos = set(cfg["eos_token_id"] if isinstance(cfg["eos_token_id"], list) else [cfg["eos_token_id"]])
+    rounds: list[dict] = []
+    genai: dict[str, dict[str, list[float]]] = {}
+    for _ in range(a.rounds):
+        ours = json.loads(aligner("bench", "--model", str(a.model), "--threads", str(a.threads), "--runs", "1",
+                                  "--new-tokens", "2", "--correction-tokens", str(a.correction_tokens),
+                                  "--correction-runs", str(a.correction_runs), "--json",
+                                  *(["--workload", str(a.workload)] if a.workload else [])))
+        rounds.append(ours)
+        for item in ours["workload"]:
+            ids = item["prompt_ids"]
+            times = genai.setdefault(item["id"], {"plain": [], "ngram": []})
+            genai_correct_ms(m, ids, a.correction_tokens, eos, False)  # warm-up
+            for _ in range(a.correction_runs):
+                times["plain"].append(genai_correct_ms(m, ids, a.correction_tokens, eos, False)[0])
+                times["ngram"].append(genai_correct_ms(m, ids, a.correction_tokens, eos, True)[0])
     rows = []
-    for item in ours["workload"]:
-        ids = item["prompt_ids"]
-        plain, ngram = [], []
-        genai_correct_ms(m, ids, a.correction_tokens, eos, False)  # warm-up
-        for _ in range(a.correction_runs):
-            plain.append(genai_correct_ms(m, ids, a.correction_tokens, eos, False)[0])
-            ngram.append(genai_correct_ms(m, ids, a.correction_tokens, eos, True)[0])
-        rows.append({k: item[k] for k in ("id", "kind", "output_tokens", "copy_fraction", "plain_ms", "draft_ms",
-                                          "identical", "plain_reuse_ms", "draft_reuse_ms",
-                                          "reuse_outputs_identical")} |
-                    {"genai_ms": med(plain), "genai_ngram_ms": med(ngram),
-                     "genai_tokens": genai_correct_ms(m, ids, a.correction_tokens, eos, False)[1]})
+    for i, item in enumerate(rounds[0]["workload"]):
+        per_round = [r["workload"][i] for r in rounds]
+        row = {k: item[k] for k in ("id", "kind", "output_tokens", "copy_fraction")}
+        for key in ("plain_ms", "draft_ms", "plain_reuse_ms", "draft_reuse_ms"):
+            row[key] = med([r[key] for r in per_round])
+        for key in ("identical", "reuse_outputs_identical"):
+            row[key] = all(r[key] for r in per_round)
+        times = genai[item["id"]]
+        row |= {"genai_ms": med(times["plain"]), "genai_ngram_ms": med(times["ngram"]),
+                "genai_tokens": genai_correct_ms(m, item["prompt_ids"], a.correction_tokens, eos, False)[1]}
+        rows.append(row)
+    ours = rounds[-1]
     heavy = [r for r in rows if r["copy_fraction"] >= COPY_HEAVY]
 
     def total(key: str, chosen: list[dict]) -> float:
