@@ -43,6 +43,18 @@ fn truncated_model_onnx() {
 }
 
 #[test]
+fn truncated_tokenizer() {
+    let d = broken_copy(|p| {
+        let text = std::fs::read(p.join("tokenizer.json")).unwrap();
+        std::fs::write(p.join("tokenizer.json"), &text[..text.len() / 2]).unwrap();
+    });
+    assert_one_line_error(
+        &correct_short(d.path(), &[]),
+        "tokenizer.json cannot be parsed",
+    );
+}
+
+#[test]
 fn missing_tokenizer() {
     let d = broken_copy(|p| std::fs::remove_file(p.join("tokenizer.json")).unwrap());
     assert_one_line_error(&correct_short(d.path(), &[]), "tokenizer.json is missing");

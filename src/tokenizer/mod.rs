@@ -4,6 +4,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+mod json;
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     max_token_bytes: usize,
@@ -11,12 +13,17 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        let unreadable = |e: &dyn std::fmt::Display| {
             Error::load(
                 path,
                 format!("tokenizer.json cannot be parsed ({e}); re-export the folder"),
             )
-        })?;
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| unreadable(&e))?;
+        let inner = match json::read_bpe(&text) {
+            Some(inner) => inner,
+            None => text.parse().map_err(|e| unreadable(&e))?,
+        };
         // A vocabulary entry is spelled with at least as many bytes as the text it stands for
         // (byte-level BPE spells one byte as one or two; SentencePiece spells a space as "▁"
         // and a fallback byte as "<0x41>"), so the longest entry bounds bytes per token.
