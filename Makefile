@@ -18,6 +18,10 @@ EXPORT      := PYTHONPATH=$(CURDIR)/export $(PY) -m aligner_export
 
 # The runtime finds ONNX Runtime in the active Python environment: ours.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+# ONNX Runtime 1.31 on Linux records telemetry in ~/.cache/Microsoft/DeveloperTools and uploads
+# it unless this is set before it loads: off for every tool here (the aligner binary sets it
+# itself), unless the caller set it.
+export ORT_DISABLE_TELEMETRY ?= 1
 
 .PHONY: packages header dist demo test model model-zeroshot build venv fixtures-models clean lint bench bench-venv gpu-pack soak data eval \
 	train-venv test-train bootstrap

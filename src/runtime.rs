@@ -201,6 +201,9 @@ fn load_new(explicit: Option<&Path>) -> Result<OrtRuntime> {
                 let env = ort::init_from(&path)
                     .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}; {FIX}", path.display())))?
                     .with_name("aligner")
+                    // Its runtime events; a full opt-out needs ORT_DISABLE_TELEMETRY=1 before
+                    // the library loads, which the binary sets (README, Embedding).
+                    .with_telemetry(false)
                     .with_logger(std::sync::Arc::new(drop_log_line))
                     .build()
                     .map_err(|e| Error::RuntimeNotFound(format!("{}: {e}", path.display())))?;

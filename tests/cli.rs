@@ -394,3 +394,39 @@ fn draft_with_prompt_verifies_the_first_draft_in_the_prompt_pass() {
     assert_eq!(with_prompt["drafts"]["proposed"], 31);
     assert_eq!(with_prompt["drafts"]["accepted"], 31);
 }
+
+/// ONNX Runtime 1.31's Linux build writes telemetry under ~/.cache/Microsoft/DeveloperTools
+/// unless ORT_DISABLE_TELEMETRY=1 is set before it initializes; the binary sets it.
+#[test]
+fn onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on() {
+    let tiny = tiny_model();
+    let records = |value: Option<&str>| {
+        let home = tempfile::tempdir().unwrap();
+        let mut c = aligner();
+        c.env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("ORT_DISABLE_TELEMETRY");
+        if let Some(v) = value {
+            c.env("ORT_DISABLE_TELEMETRY", v);
+        }
+        let o = c
+            .args([
+                "correct",
+                "--model",
+                tiny.to_str().unwrap(),
+                "--max-new-tokens",
+                "2",
+            ])
+            .args(["--question", "q", "--answer", "a"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        home.path()
+            .join(".cache/Microsoft/DeveloperTools/.onnxruntime")
+            .exists()
+    };
+    assert!(!records(None), "ONNX Runtime recorded telemetry");
+    // A value the user set wins; this also shows that the check above can see telemetry.
+    assert!(records(Some("0")));
+}
