@@ -403,9 +403,16 @@ fn onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on() {
     let records = |value: Option<&str>| {
         let home = tempfile::tempdir().unwrap();
         let mut c = aligner();
-        c.env("HOME", home.path())
-            .env_remove("XDG_CACHE_HOME")
-            .env_remove("ORT_DISABLE_TELEMETRY");
+        // ONNX Runtime also skips telemetry when a CI variable is set (CI, GITHUB_ACTIONS,
+        // GITLAB_CI, TF_BUILD and more), so the child gets a clean environment: a fresh HOME
+        // and what finds the library.
+        c.env_clear()
+            .env("HOME", home.path())
+            .env("VIRTUAL_ENV", common::root().join(".venv"))
+            .env("ALIGNER_GRAPH_CACHE", "off");
+        if let Some(path) = std::env::var_os("PATH") {
+            c.env("PATH", path);
+        }
         if let Some(v) = value {
             c.env("ORT_DISABLE_TELEMETRY", v);
         }
