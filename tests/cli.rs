@@ -404,12 +404,13 @@ fn onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on() {
         let home = tempfile::tempdir().unwrap();
         let mut c = aligner();
         // ONNX Runtime also skips telemetry when a CI variable is set (CI, GITHUB_ACTIONS,
-        // GITLAB_CI, TF_BUILD and more), so the child gets a clean environment: a fresh HOME
-        // and what finds the library.
-        c.env_clear()
-            .env("HOME", home.path())
-            .env("VIRTUAL_ENV", common::root().join(".venv"))
-            .env("ALIGNER_GRAPH_CACHE", "off");
+        // GITLAB_CI, TF_BUILD and more), so the child gets a clean environment: what
+        // `aligner()` set (it finds the library), a fresh HOME and PATH.
+        let set: Vec<_> = c
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+        c.env_clear().envs(set).env("HOME", home.path());
         if let Some(path) = std::env::var_os("PATH") {
             c.env("PATH", path);
         }
