@@ -30,6 +30,7 @@ use crate::runtime::OrtRuntime;
 mod batch;
 pub mod graph_cache;
 mod io;
+mod pages;
 mod session;
 mod shared;
 mod startup;
@@ -92,7 +93,7 @@ impl KvStorage {
 
 pub struct OnnxDecoder {
     /// Shared with the decoders [`OnnxDecoder::share`] made (CPU only).
-    session: Arc<Session>,
+    session: Arc<session::MappedSession>,
     roles: Vec<InputRole>,
     /// Output name for each past slot (same order as `past`).
     present_names: Vec<String>,
@@ -149,7 +150,7 @@ impl OnnxDecoder {
             KvStorage::Chained(Vec::new())
         };
         let mut engine = OnnxDecoder {
-            session: Arc::new(session),
+            session: Arc::new(session::MappedSession::new(session)),
             roles,
             present_names,
             logits_name: d.outputs.logits.clone(),

@@ -1,6 +1,8 @@
 //! Session creation (providers, options, the graph cache, placement report) and small input
 //! tensors.
 
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
@@ -8,11 +10,43 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType};
 
 use super::graph_cache::GraphCache;
+use super::pages;
 use super::EngineConfig;
 use crate::error::{Error, Result};
 use crate::folder::ModelFolder;
 use crate::provider::{self, Provider, ProviderReport};
 use crate::runtime::{self as ort_runtime, OrtRuntime, PlacementLog};
+
+/// A session whose drop, which unmaps its model files, holds [`pages::lock_maps`] (a start
+/// releasing pages of those files must not meet a range that is being unmapped).
+pub(super) struct MappedSession(ManuallyDrop<Session>);
+
+impl MappedSession {
+    pub fn new(session: Session) -> MappedSession {
+        MappedSession(ManuallyDrop::new(session))
+    }
+}
+
+impl Deref for MappedSession {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.0
+    }
+}
+
+impl DerefMut for MappedSession {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.0
+    }
+}
+
+impl Drop for MappedSession {
+    fn drop(&mut self) {
+        let _maps = pages::lock_maps();
+        // SAFETY: dropped once, here; the field is not used after.
+        unsafe { ManuallyDrop::drop(&mut self.0) }
+    }
+}
 
 /// A session and what it runs on, plus a cache entry it wrote that still needs checking.
 pub(super) struct Built {

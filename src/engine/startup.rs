@@ -13,6 +13,7 @@
 //! on the original graph and on the entry, and publishes the entry only when their logits
 //! agree; otherwise it writes the optimized graph alone, as earlier versions did.
 
+use super::pages;
 use super::session::{build_session, load_optimized, CacheWrite};
 use super::{EngineConfig, OnnxDecoder};
 use crate::error::Result;
@@ -29,11 +30,16 @@ pub(super) fn load(
     folder: &ModelFolder,
     config: &EngineConfig,
 ) -> Result<OnnxDecoder> {
+    let maps = pages::lock_maps();
     let engine = load_checked(runtime, folder, config)?;
     // A session build frees tens of MB of transient buffers (the graph's protobuf, optimizer
     // copies) into glibc's heap, which keeps them resident. After a first session was freed
     // (the start that writes an entry) its raised mmap threshold puts even large ones there.
     release_free_heap();
+    // And it reads whole weights that runs read little of (see `pages`).
+    let mut dirs = vec![folder.dir.as_path()];
+    dirs.extend(config.graph_cache.as_deref());
+    pages::release_model_pages(&dirs, &maps);
     Ok(engine)
 }
 
