@@ -11,7 +11,8 @@
 //! page nobody wrote to, so a mapping is released only when it holds no private copy (no
 //! anonymous or swapped page). And the address range must still be that file's mapping
 //! when `madvise` runs: only session builds and drops map or unmap model files, so both take
-//! [`lock_maps`], and the release runs under it.
+//! [`lock_maps`], and the release runs under it. A host that maps files under the model
+//! folder or the graph cache itself must not unmap them while a start runs.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
