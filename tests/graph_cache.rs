@@ -118,8 +118,9 @@ fn the_graph_cache_is_on_by_default_under_the_user_cache_dir() {
 /// their size (160 MB on the default model), and several processes share the file's pages.
 /// The start that writes the entry ends as a cached start does: it gives its first session's
 /// heap and the second build's transient buffers back to the system, and so does every start.
-/// (It failed on CI, and in 7 of 40 starts under load, while that first session prepacked on
-/// the intra-op threads, whose malloc arenas keep their top: see `commit_with_cache`.)
+/// (It failed in a fresh-clone CI run, and in 7 of 40 starts under load, while that first
+/// session prepacked on the intra-op threads, whose malloc arenas keep their top: see
+/// `commit_with_cache`.)
 #[test]
 fn a_cached_start_maps_its_prepacked_weights_instead_of_holding_them_on_the_heap() {
     let model = default_model();
