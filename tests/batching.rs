@@ -14,8 +14,7 @@ fn trained_model() -> std::path::PathBuf {
 }
 
 fn load() -> Aligner {
-    let ort =
-        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    let ort = ort_lib();
     Aligner::load(
         trained_model(),
         &LoadOptions::default().with_ort_lib(ort).with_threads(2),

@@ -191,8 +191,7 @@ fn mapped_under(dir: &Path) -> (u64, u64) {
 #[test]
 fn a_start_hands_back_the_weight_pages_it_read_and_runs_read_them_back_intact() {
     use aligner::{Aligner, GenerationConfig, LoadOptions};
-    let ort =
-        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    let ort = ort_lib();
     let cache = tempfile::tempdir().unwrap();
     let options = LoadOptions::default().with_ort_lib(ort).with_threads(2);
     let cached = options.clone().with_graph_cache(cache.path());

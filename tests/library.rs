@@ -5,13 +5,6 @@ mod common;
 use aligner::{Aligner, Error, LoadOptions, ProviderChoice, ProviderConfig};
 use common::*;
 
-fn ort_lib() -> std::path::PathBuf {
-    let p =
-        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
-    assert!(p.is_file(), "{} missing: run `make test`", p.display());
-    p
-}
-
 fn options() -> LoadOptions {
     LoadOptions::default()
         .with_ort_lib(ort_lib())

@@ -10,8 +10,7 @@ use aligner::{Aligner, GenerationConfig, LoadOptions};
 use common::*;
 
 fn load() -> Aligner {
-    let ort =
-        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    let ort = ort_lib();
     let dir = root().join("models/smollm2-135m-aligner-int8");
     assert!(dir.join("model.onnx").is_file(), "run `make model`");
     // One thread per handle, as `serve --workers 2` runs them on two cores.

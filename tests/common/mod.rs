@@ -45,6 +45,14 @@ pub fn rss_mb(pid: u32) -> f64 {
     rss_kb(pid) as f64 / 1024.0
 }
 
+/// The ONNX Runtime library of the repo's `.venv`, for tests that load through the library.
+pub fn ort_lib() -> PathBuf {
+    let p =
+        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    assert!(p.is_file(), "{} missing: run `make test`", p.display());
+    p
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
