@@ -159,6 +159,37 @@ fn prefix_reuse_gives_the_same_corrections_as_whole_prompts() {
     );
 }
 
+/// A correction longer than the KV buffers grows them. On the CPU the cached positions move
+/// into the new buffers, so it still starts from the cached template prefix (a growth used to
+/// drop it), and it gives the same tokens as running its whole prompt.
+#[test]
+fn a_kv_cache_that_grows_keeps_the_cached_prefix() {
+    let model = default_model();
+    let mut reusing = Aligner::load(&model, &options().with_threads(2)).unwrap();
+    let mut whole = Aligner::load(&model, &options().with_threads(2)).unwrap();
+    let config = aligner::GenerationConfig::default().with_max_new_tokens(16);
+    let no_reuse = config.clone().with_reuse_prefix(false);
+    let q = "How should I store fresh basil?";
+    let first = reusing
+        .correct(q, "In the fridge.", &config, &mut |_| true)
+        .unwrap();
+    assert!(first.prompt_tokens + 16 <= 256, "{}", first.prompt_tokens);
+    let long = "Keep the stems in a glass of water on the counter, out of direct sun. ".repeat(20);
+    let r = reusing.correct(q, &long, &config, &mut |_| true).unwrap();
+    let w = whole.correct(q, &long, &no_reuse, &mut |_| true).unwrap();
+    assert!(
+        r.prompt_tokens > 256,
+        "the buffers grew: {}",
+        r.prompt_tokens
+    );
+    assert!(
+        r.reused_prompt_tokens >= 20,
+        "the prefix survived the growth: {} reused",
+        r.reused_prompt_tokens
+    );
+    assert_eq!(r.tokens, w.tokens);
+}
+
 /// Our exporter's graphs take `logits_to_keep` with a default, which ONNX Runtime lists among
 /// the overridable initializers, not the inputs. The engine must still bind it, on the
 /// original graph and on a graph-cache entry (written, then loaded), or every prompt pass

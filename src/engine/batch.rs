@@ -131,7 +131,7 @@ fn move_runs<T: ort::value::PrimitiveTensorElementType + Copy>(
     Ok(())
 }
 
-fn copy_kv(
+pub(super) fn copy_kv(
     dtype: TensorElementType,
     src: &DynTensor,
     dst: &mut DynTensor,

@@ -30,14 +30,12 @@ use crate::runtime::OrtRuntime;
 mod batch;
 pub mod graph_cache;
 mod io;
+mod kv;
 mod pages;
 mod session;
 mod shared;
 mod startup;
 use io::{attention_on_gpu, InputRole};
-
-/// The smallest shared KV buffer allocated, in positions (about 12 MB for SmolLM2-135M).
-const MIN_KV_POSITIONS: usize = 256;
 
 /// Shared KV buffers up to this many positions are kept between sequences; larger ones are
 /// freed when a shorter sequence follows.
@@ -278,82 +276,12 @@ impl OnnxDecoder {
         self.roles.contains(&InputRole::LogitsToKeep)
     }
 
-    /// One `[batch, kv_heads, len, head]` tensor per past slot.
-    fn kv_tensors(&self, batch: usize, len: usize) -> Result<Vec<DynTensor>> {
-        let allocator = self
-            .kv_allocator
-            .as_ref()
-            .unwrap_or_else(|| self.session.allocator());
-        (0..self.present_names.len())
-            .map(|_| {
-                DynTensor::new(
-                    allocator,
-                    self.kv_dtype,
-                    [batch, self.kv_heads, len, self.head_size],
-                )
-                .map_err(Error::ort_run)
-            })
-            .collect()
-    }
-
     fn reset_past(&mut self) -> Result<()> {
         if matches!(self.kv, KvStorage::Chained(_)) {
             let empty = self.kv_tensors(1, 0)?;
             self.kv = KvStorage::Chained(empty.into_iter().map(|t| t.into_dyn()).collect());
         }
         Ok(())
-    }
-
-    /// Shared mode: (re)allocates the buffers when a sequence may outgrow them and binds each
-    /// as both the past input and the present output of its layer. Returns false when it
-    /// reallocated (the cached positions are gone).
-    fn ensure_shared_capacity(&mut self, needed: usize) -> Result<bool> {
-        let KvStorage::Shared { capacity, .. } = &self.kv else {
-            return Ok(true);
-        };
-        if *capacity >= needed {
-            return Ok(true);
-        }
-        // Powers of two from 256 positions, so that the next, slightly longer sequence rarely
-        // reallocates: a reallocation loses the cached prompt prefix the next one could reuse.
-        let new_capacity = needed
-            .next_power_of_two()
-            .max(MIN_KV_POSITIONS)
-            .max(*capacity * 2)
-            .min(self.context_length)
-            .max(needed);
-        let mut buffers = self.kv_tensors(1, new_capacity)?;
-        let binding = self.bind_kv(&mut buffers)?;
-        self.kv = KvStorage::Shared {
-            _buffers: buffers,
-            capacity: new_capacity,
-            binding: Some(Box::new(binding)),
-        };
-        Ok(false)
-    }
-
-    /// A binding with each layer's buffer as both its past input and its present output, so
-    /// GroupQueryAttention writes new positions in place.
-    fn bind_kv(&self, buffers: &mut [DynTensor]) -> Result<IoBinding> {
-        let mut binding = self.session.create_binding().map_err(Error::ort_run)?;
-        for (slot, buffer) in buffers.iter_mut().enumerate() {
-            binding
-                .bind_input(self.past_input_name(slot), &*buffer)
-                .map_err(Error::ort_run)?;
-            binding
-                .bind_output(self.present_names[slot].as_str(), &mut *buffer)
-                .map_err(Error::ort_run)?;
-        }
-        Ok(binding)
-    }
-
-    fn past_input_name(&self, slot: usize) -> &str {
-        let index = self
-            .roles
-            .iter()
-            .position(|r| *r == InputRole::Past(slot))
-            .unwrap_or(0);
-        &self.input_names[index]
     }
 
     fn forward_shared(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
