@@ -2,8 +2,8 @@
 //!
 //! A sequence longer than the buffers gets new ones. On the CPU the cached positions move
 //! into them (a memcpy per layer and head: 11.8 MB at 256 positions of SmolLM2-135M), so
-//! growing keeps a cached prompt prefix, and the buffers can grow in small steps: to what
-//! the sequence needs, rounded up to 64 positions, and by at least a quarter (then rounded up). Doubling, as
+//! growing keeps a cached prompt prefix, and the buffers can grow in small steps: by at
+//! least a quarter, to what the sequence needs, rounded up to 64 positions. Doubling, as
 //! before, held up to twice the cache a sequence needed (512 positions for a 266-position
 //! correction: 23.6 MB instead of 12.3) because each growth dropped the prefix.
 //!
