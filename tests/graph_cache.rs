@@ -234,3 +234,35 @@ fn a_start_hands_back_the_weight_pages_it_read_and_runs_read_them_back_intact() 
         "a run maps the prepacked weights back ({resident} bytes)"
     );
 }
+
+/// Runs read the prepacked weights whole but only a few rows of the tied embedding. On a
+/// kernel that maps a file's whole folio (up to 2 MB) per fault, those rows mapped all of
+/// the embedding and its scales back (31 MB on the default model); a start now makes them
+/// map single pages. Measured against the entry's own layout: what it holds beyond the
+/// folder's weights is ONNX Runtime's prepacked copies.
+#[test]
+fn a_run_maps_back_the_prepacked_weights_and_only_the_embedding_rows_it_reads() {
+    use aligner::{Aligner, GenerationConfig, LoadOptions};
+    let cache = tempfile::tempdir().unwrap();
+    let options = LoadOptions::default()
+        .with_ort_lib(ort_lib())
+        .with_threads(2)
+        .with_graph_cache(cache.path());
+    let config = GenerationConfig::default()
+        .with_temperature(0.0)
+        .with_max_new_tokens(24);
+    drop(Aligner::load(default_model(), &options).unwrap()); // writes the entry
+    let mut model = Aligner::load(default_model(), &options).unwrap();
+    let question = "How do I bake a simple loaf of bread at home, and why does it rise?";
+    let answer = "Mix flour, water, yeast and salt; knead it for ten minutes, let it rise \
+                  for an hour, shape it, then bake it at 230 C for about thirty minutes.";
+    let generation = model.correct(question, answer, &config, &mut |_| true);
+    assert!(!generation.unwrap().tokens.is_empty());
+    let (resident, _) = mapped_under(cache.path());
+    let prepacked = entry_data_bytes(cache.path()) - data_bytes(&default_model());
+    eprintln!("after a correction: {resident} bytes of the entry resident; {prepacked} bytes of it are prepacked copies");
+    assert!(
+        resident < prepacked + (8 << 20),
+        "{resident} bytes of the entry are resident after one correction, against {prepacked} bytes of prepacked weights"
+    );
+}

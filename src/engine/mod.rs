@@ -32,6 +32,7 @@ pub mod graph_cache;
 mod io;
 mod kv;
 mod pages;
+mod row_reads;
 mod session;
 mod shared;
 mod startup;

@@ -13,10 +13,20 @@
 //! when `madvise` runs: only session builds and drops map or unmap model files, so both take
 //! [`lock_maps`], and the release runs under it. A host that maps files under the model
 //! folder or the graph cache itself must not unmap them while a start runs.
+//!
+//! Tables that runs read by row (the token embedding: see `row_reads`) need one step more.
+//! Linux 6.18 maps a file's whole folio on a fault, and the page cache holds a file that was
+//! read in order in folios of up to 2 MB, so a correction's hundred-odd distinct tokens
+//! mapped the default model's whole 31 MB embedding again. So their pages also leave the page
+//! cache (`POSIX_FADV_DONTNEED`, which skips pages another mapping still uses), and their
+//! range is advised `MADV_RANDOM`: a fault then reads one page, into a folio of one page.
 
 use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::row_reads::{row_tables, RowTable};
 
 static MAPS: Mutex<()> = Mutex::new(());
 
@@ -53,6 +63,8 @@ impl Drop for MapsLock {
 struct Mapping {
     start: usize,
     end: usize,
+    /// Where in the file the mapping begins.
+    offset: u64,
     path: PathBuf,
     rss_kb: u64,
     /// Anonymous and swapped pages: copies that exist only in this process.
@@ -87,6 +99,10 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
             continue;
         };
         // perms, offset, device and inode, then the path (which may hold spaces).
+        let offset = fields
+            .nth(1)
+            .and_then(|o| u64::from_str_radix(o, 16).ok())
+            .unwrap_or(0);
         let mut rest = line
             .splitn(6, char::is_whitespace)
             .filter(|s| !s.is_empty());
@@ -94,6 +110,7 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
         maps.push(Mapping {
             start,
             end,
+            offset,
             path: PathBuf::from(path),
             ..Mapping::default()
         });
@@ -117,13 +134,66 @@ pub(super) fn release_model_pages(dirs: &[&Path], _held: &MapsLock) -> u64 {
     };
     let maps = parse_smaps(&text);
     let mut released = 0;
+    let mut graph_dirs = BTreeSet::new();
     for m in releasable(&maps, &dirs) {
         if advise_dontneed(m.start, m.end - m.start) {
             released += m.rss_kb * 1024;
+            graph_dirs.extend(m.path.parent().map(Path::to_path_buf));
         }
+    }
+    // The graphs beside the released files say which of their bytes are read by row.
+    let tables: Vec<RowTable> = graph_dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .flat_map(|p| row_tables(&p))
+        .collect();
+    for (m, span) in row_spans(&maps, &dirs, &tables) {
+        read_by_page(m, span);
     }
     released
 }
+
+/// The parts of released mappings that hold a row table, as (mapping, file byte range).
+fn row_spans<'a>(
+    maps: &'a [Mapping],
+    dirs: &'a [PathBuf],
+    tables: &'a [RowTable],
+) -> impl Iterator<Item = (&'a Mapping, (u64, u64))> {
+    releasable(maps, dirs).flat_map(move |m| {
+        let mapped = (m.offset, m.offset + (m.end - m.start) as u64);
+        tables.iter().filter_map(move |t| {
+            let (lo, hi) = (t.offset.max(mapped.0), (t.offset + t.len).min(mapped.1));
+            (t.file == m.path && lo < hi).then_some((m, (lo, hi)))
+        })
+    })
+}
+
+/// Makes later reads of `span` (file bytes inside `m`) map one page each; best effort.
+#[cfg(target_os = "linux")]
+fn read_by_page(m: &Mapping, (lo, hi): (u64, u64)) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sysconf only reads a system constant.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (lo, hi) = (lo / page * page, hi.div_ceil(page) * page);
+    let start = m.start + (lo.max(m.offset) - m.offset) as usize;
+    let end = (m.start + (hi - m.offset) as usize).min(m.end);
+    // SAFETY: an advice on part of a file mapping that nothing unmaps meanwhile (the caller
+    // holds `lock_maps`); MADV_RANDOM changes only how faults read ahead.
+    unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM) };
+    if let Ok(file) = std::fs::File::open(&m.path) {
+        // SAFETY: an advice on an open descriptor; it drops only clean, unmapped page-cache
+        // pages, which a later read brings back from the file.
+        let (off, len) = (lo as libc::off_t, (hi - lo) as libc::off_t);
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_by_page(_m: &Mapping, _span: (u64, u64)) {}
 
 #[cfg(target_os = "linux")]
 fn advise_dontneed(start: usize, len: usize) -> bool {
