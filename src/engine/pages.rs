@@ -118,10 +118,14 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
     maps
 }
 
+/// Mappings of files under `dirs` that hold no private copy.
+fn clean_under<'a>(maps: &'a [Mapping], dirs: &'a [PathBuf]) -> impl Iterator<Item = &'a Mapping> {
+    maps.iter()
+        .filter(move |m| m.private_kb == 0 && dirs.iter().any(|d| m.path.starts_with(d)))
+}
+
 fn releasable<'a>(maps: &'a [Mapping], dirs: &'a [PathBuf]) -> impl Iterator<Item = &'a Mapping> {
-    maps.iter().filter(move |m| {
-        m.rss_kb > 0 && m.private_kb == 0 && dirs.iter().any(|d| m.path.starts_with(d))
-    })
+    clean_under(maps, dirs).filter(|m| m.rss_kb > 0)
 }
 
 /// Drops this process's clean pages of the files under `dirs` (the model folder, the graph
@@ -134,14 +138,16 @@ pub(super) fn release_model_pages(dirs: &[&Path], _held: &MapsLock) -> u64 {
     };
     let maps = parse_smaps(&text);
     let mut released = 0;
-    let mut graph_dirs = BTreeSet::new();
     for m in releasable(&maps, &dirs) {
         if advise_dontneed(m.start, m.end - m.start) {
             released += m.rss_kb * 1024;
-            graph_dirs.extend(m.path.parent().map(Path::to_path_buf));
         }
     }
-    // The graphs beside the released files say which of their bytes are read by row.
+    // The graphs beside the mapped files say which of their bytes are read by row (a table
+    // the start did not read, as an untied embedding may be, is still mapped).
+    let graph_dirs: BTreeSet<&Path> = clean_under(&maps, &dirs)
+        .filter_map(|m| m.path.parent())
+        .collect();
     let tables: Vec<RowTable> = graph_dirs
         .iter()
         .filter_map(|d| std::fs::read_dir(d).ok())
@@ -157,13 +163,13 @@ pub(super) fn release_model_pages(dirs: &[&Path], _held: &MapsLock) -> u64 {
     released
 }
 
-/// The parts of released mappings that hold a row table, as (mapping, file byte range).
+/// The parts of clean mappings that hold a row table, as (mapping, file byte range).
 fn row_spans<'a>(
     maps: &'a [Mapping],
     dirs: &'a [PathBuf],
     tables: &'a [RowTable],
 ) -> impl Iterator<Item = (&'a Mapping, (u64, u64))> {
-    releasable(maps, dirs).flat_map(move |m| {
+    clean_under(maps, dirs).flat_map(move |m| {
         let mapped = (m.offset, m.offset + (m.end - m.start) as u64);
         tables.iter().filter_map(move |t| {
             let (lo, hi) = (t.offset.max(mapped.0), (t.offset + t.len).min(mapped.1));
@@ -239,6 +245,7 @@ Rss:                   4 kB
             (0x7f00_0000_0000, 0x7f00_0000_4000)
         );
         assert_eq!(maps[0].path, Path::new("/cache/e1/model.onnx.data"));
+        assert_eq!((maps[0].offset, maps[1].offset), (0x100000, 0x200000));
         assert_eq!((maps[0].rss_kb, maps[0].private_kb), (16, 0));
         assert_eq!(maps[1].private_kb, 8);
         assert_eq!(maps[2].path, Path::new(""));
@@ -327,6 +334,49 @@ Rss:                   4 kB
         assert_eq!(written_s[5], bytes[5] ^ 0xff);
         unmap(clean);
         unmap(written);
+    }
+
+    #[test]
+    fn row_tables_are_found_in_clean_mappings_of_their_own_file_only() {
+        let maps = parse_smaps(SMAPS);
+        let dirs = [PathBuf::from("/cache"), PathBuf::from("/models/my model")];
+        let data = PathBuf::from("/cache/e1/model.onnx.data");
+        let table = |offset: u64, len: u64| RowTable {
+            name: "emb".into(),
+            file: data.clone(),
+            offset,
+            len,
+        };
+        // The first mapping holds file bytes 0x100000..0x104000; the second (the same file)
+        // holds a private copy, so it is never advised.
+        let tables = [
+            table(0x100800, 0x1000),   // inside
+            table(0x0ff000, 0x2000),   // straddles the start
+            table(0x103000, 0x200000), // runs past the end, into the second mapping's bytes
+            table(0x200000, 0x1000),   // only in the second mapping
+        ];
+        let spans: Vec<(usize, (u64, u64))> = row_spans(&maps, &dirs, &tables)
+            .map(|(m, span)| (m.start, span))
+            .collect();
+        let first = 0x7f00_0000_0000;
+        assert_eq!(
+            spans,
+            [
+                (first, (0x100800, 0x101800)),
+                (first, (0x100000, 0x101000)),
+                (first, (0x103000, 0x104000)),
+            ]
+        );
+        let elsewhere = RowTable {
+            file: PathBuf::from("/cache/e2/model.onnx.data"),
+            ..table(0x100000, 0x1000)
+        };
+        assert_eq!(row_spans(&maps, &dirs, &[elsewhere]).count(), 0);
+        // A table the start never read is still advised; it has nothing to release.
+        let mut untouched = parse_smaps(SMAPS);
+        untouched[0].rss_kb = 0;
+        assert_eq!(releasable(&untouched, &dirs).count(), 1);
+        assert_eq!(row_spans(&untouched, &dirs, &tables).count(), 3);
     }
 
     #[test]

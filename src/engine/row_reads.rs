@@ -1,5 +1,6 @@
-//! Which external initializers a graph reads by row: the table of a Gather (the token
-//! embedding), and the block scales and zero points of a GatherBlockQuantized.
+//! Which external initializers a graph reads by row: the tables of Gather nodes (the token
+//! embedding and, in an int8 folder, its scales and zero points), and the data, scales and
+//! zero points of a GatherBlockQuantized.
 //!
 //! A run reads a few rows of such a table, one per distinct token, but on a kernel that keeps
 //! files in 2 MB folios every read maps its whole folio: after one correction the default
@@ -42,7 +43,7 @@ pub(super) fn row_tables(model: &Path) -> Vec<RowTable> {
             t.len = size.saturating_sub(t.offset); // "length" absent: to the end of the file
         }
         t.file = file;
-        t.len > 0 && t.offset + t.len <= size
+        t.len > 0 && t.offset.checked_add(t.len).is_some_and(|end| end <= size)
     });
     tables
 }
@@ -348,11 +349,13 @@ mod tests {
                 node("Gather", &["a", "ids"]),
                 node("Gather", &["b", "ids"]),
                 node("Gather", &["c", "ids"]),
+                node("Gather", &["d", "ids"]),
             ],
             &[
                 at("a", "4096", "8192"),
                 at("b", "8192", ""),
                 at("c", "36864", "8192"),
+                at("d", "18446744073709551615", "4096"),
             ],
         );
         let path = dir.path().join("model.onnx");
@@ -362,7 +365,7 @@ mod tests {
             .into_iter()
             .map(|t| (t.name, t.file, t.offset, t.len))
             .collect();
-        // "c" runs past the end of the file.
+        // "c" runs past the end of the file, "d" past the end of any.
         assert_eq!(
             got,
             [
