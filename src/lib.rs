@@ -99,6 +99,11 @@ impl LoadOptions {
         self.engine = self.engine.with_graph_cache(root);
         self
     }
+    /// See [`EngineConfig::keep_arena`].
+    pub fn with_keep_arena(mut self, keep: bool) -> Self {
+        self.engine = self.engine.with_keep_arena(keep);
+        self
+    }
 }
 
 /// Which ONNX Runtime runs a model, without exposing ONNX Runtime's own types.

@@ -72,6 +72,10 @@ pub struct ModelArgs {
     /// $XDG_CACHE_HOME); `off` optimizes and prepacks on every start.
     #[arg(long, value_name = "DIR|default|off", env = "ALIGNER_GRAPH_CACHE")]
     pub graph_cache: Option<String>,
+    /// Keep ONNX Runtime's CPU arena grown between passes (not a flag: the server and batch
+    /// set it, see [`super::workers::load_workers`]).
+    #[arg(skip)]
+    pub keep_arena: bool,
 }
 
 impl ModelArgs {
@@ -165,7 +169,7 @@ impl ModelArgs {
             }
             Some(dir) => o.engine = o.engine.with_graph_cache(dir),
         }
-        Ok(o)
+        Ok(o.with_keep_arena(self.keep_arena))
     }
 }
 

@@ -51,6 +51,10 @@ pub fn load_workers(model: &ModelArgs, gen: &GenArgs, count: WorkerCount) -> Res
     let dir = model.model_dir()?;
     let mut model_args = model.clone();
     model_args.threads = Some(model.threads()?.unwrap_or((cores() / planned).max(1)));
+    // A server or a batch runs pass after pass: handing back the arena a prompt grew only
+    // for the next prompt to map it again cost `serve --workers 1` 5-20% of its requests/s
+    // (benches/serve_load.py), while a one-off correction keeps the lower peak.
+    model_args.keep_arena = true;
     let mut models = vec![load(&model_args, &dir)?];
     let n = count.resolve(models[0].provider().provider.is_gpu(), cores());
     for _ in 1..n {

@@ -316,6 +316,7 @@ impl BatchModel for OnnxDecoder {
         let rows_binding = batch.bindings[rows - 1].as_mut().expect("made above");
         let logits = run_bound(
             &self.session,
+            tokens.len(),
             &mut rows_binding.binding,
             &self.input_names,
             &step,

@@ -51,6 +51,10 @@ pub struct EngineConfig {
     pub provider: ProviderConfig,
     /// Folder for optimized CPU graphs (see [`graph_cache`]); `None` optimizes on every start.
     pub graph_cache: Option<PathBuf>,
+    /// Keep ONNX Runtime's CPU arena at its high-water mark between passes. By default a
+    /// pass that grew it (a long prompt, a verification pass) hands the new regions back as
+    /// it ends; that cost no measurable time here (README, "Peak RSS").
+    pub keep_arena: bool,
 }
 
 impl EngineConfig {
@@ -64,6 +68,10 @@ impl EngineConfig {
     }
     pub fn with_provider(mut self, provider: ProviderConfig) -> Self {
         self.provider = provider;
+        self
+    }
+    pub fn with_keep_arena(mut self, keep: bool) -> Self {
+        self.keep_arena = keep;
         self
     }
 }
@@ -132,6 +140,7 @@ impl OnnxDecoder {
         report: ProviderReport,
         folder: &ModelFolder,
         path: &std::path::Path,
+        config: &EngineConfig,
     ) -> Result<OnnxDecoder> {
         let d = &folder.genai.model.decoder;
         let (
@@ -148,8 +157,13 @@ impl OnnxDecoder {
         } else {
             KvStorage::Chained(Vec::new())
         };
+        // Only the CPU arena is shrunk, and only on the CPU provider: GPU sessions keep
+        // ONNX Runtime's defaults (untested on hardware with this option).
+        let shrink = !config.keep_arena && !report.provider.is_gpu();
+        let session =
+            session::MappedSession::new(session, shrink).map_err(Error::ort_load(path))?;
         let mut engine = OnnxDecoder {
-            session: Arc::new(session::MappedSession::new(session)),
+            session: Arc::new(session),
             roles,
             present_names,
             logits_name: d.outputs.logits.clone(),
@@ -297,6 +311,7 @@ impl OnnxDecoder {
         };
         let logits = run_bound(
             &self.session,
+            tokens.len(),
             binding,
             &self.input_names,
             &step,
@@ -327,9 +342,14 @@ impl OnnxDecoder {
             }
         }
         // Chained decoders are never shared (see `share`), so the session is this one's.
-        let session = Arc::get_mut(&mut self.session)
-            .ok_or_else(|| Error::Inference("a shared session cannot chain its cache".into()))?;
-        let mut outputs = session.run(inputs).map_err(Error::ort_run)?;
+        let (session, options) = Arc::get_mut(&mut self.session)
+            .ok_or_else(|| Error::Inference("a shared session cannot chain its cache".into()))?
+            .parts_mut(tokens.len());
+        let mut outputs = match options {
+            Some(options) => session.run_with_options(inputs, options),
+            None => session.run(inputs),
+        }
+        .map_err(Error::ort_run)?;
         let logits = outputs
             .remove(&self.logits_name)
             .ok_or_else(|| Error::Inference("the model produced no logits".into()))?;
@@ -358,7 +378,8 @@ impl OnnxDecoder {
 /// the logits. ONNX Runtime allocates them each run (in `cpu_output`): their shape changes
 /// between passes, and a bound output would be reused as a fixed tensor.
 fn run_bound(
-    session: &Session,
+    session: &session::MappedSession,
+    tokens: usize,
     binding: &mut IoBinding,
     input_names: &[String],
     step: &[(usize, DynValue)],
@@ -373,7 +394,7 @@ fn run_bound(
     binding
         .bind_output_to_device(logits_name, cpu_output)
         .map_err(Error::ort_run)?;
-    shared::run_binding(session, binding, logits_name)
+    shared::run_binding(session, session.run_options(tokens), binding, logits_name)
 }
 
 impl DecoderModel for OnnxDecoder {

@@ -2,11 +2,11 @@
 //! tensors.
 
 use std::mem::ManuallyDrop;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
 use super::graph_cache::GraphCache;
@@ -17,26 +17,59 @@ use crate::folder::ModelFolder;
 use crate::provider::{self, Provider, ProviderReport};
 use crate::runtime::{self as ort_runtime, OrtRuntime, PlacementLog};
 
+/// Passes over fewer positions (decode steps, verification passes of a draft) are not followed
+/// by a shrink: they come again within milliseconds and would map the same regions again (after
+/// every pass, one `aligner bench` run mapped hundreds of 4 and 8 MiB regions anew).
+pub(super) const SHRINK_FROM_TOKENS: usize = 64;
+
 /// A session whose drop, which unmaps its model files, holds [`pages::lock_maps`] (a start
-/// releasing pages of those files must not meet a range that is being unmapped).
-pub(super) struct MappedSession(ManuallyDrop<Session>);
+/// releasing pages of those files must not meet a range that is being unmapped), and the
+/// options its passes run with.
+pub(super) struct MappedSession {
+    session: ManuallyDrop<Session>,
+    /// `None`: ONNX Runtime's defaults (a null pointer to `Run`).
+    run_options: Option<RunOptions>,
+}
 
 impl MappedSession {
-    pub fn new(session: Session) -> MappedSession {
-        MappedSession(ManuallyDrop::new(session))
+    /// `shrink_arena`: at the end of a pass over [`SHRINK_FROM_TOKENS`] positions or more, hand
+    /// back the CPU arena's regions it grew. A long prompt grows the arena by doubling regions
+    /// (1, 2, 4, 8 MiB on the default model) that it would otherwise hold for the session's life.
+    pub fn new(session: Session, shrink_arena: bool) -> ort::Result<MappedSession> {
+        let run_options = if shrink_arena {
+            let mut options = RunOptions::new()?;
+            options.set("memory.enable_memory_arena_shrinkage", "cpu:0")?;
+            Some(options)
+        } else {
+            None
+        };
+        Ok(MappedSession {
+            session: ManuallyDrop::new(session),
+            run_options,
+        })
+    }
+
+    /// Options for a pass over `tokens` positions.
+    pub fn run_options(&self, tokens: usize) -> Option<&RunOptions> {
+        self.run_options
+            .as_ref()
+            .filter(|_| tokens >= SHRINK_FROM_TOKENS)
+    }
+
+    /// The session to run mutably, and the options to run a pass over `tokens` with.
+    pub fn parts_mut(&mut self, tokens: usize) -> (&mut Session, Option<&RunOptions>) {
+        let shrink = tokens >= SHRINK_FROM_TOKENS;
+        (
+            &mut self.session,
+            self.run_options.as_ref().filter(|_| shrink),
+        )
     }
 }
 
 impl Deref for MappedSession {
     type Target = Session;
     fn deref(&self) -> &Session {
-        &self.0
-    }
-}
-
-impl DerefMut for MappedSession {
-    fn deref_mut(&mut self) -> &mut Session {
-        &mut self.0
+        &self.session
     }
 }
 
@@ -44,7 +77,7 @@ impl Drop for MappedSession {
     fn drop(&mut self) {
         let _maps = pages::lock_maps();
         // SAFETY: dropped once, here; the field is not used after.
-        unsafe { ManuallyDrop::drop(&mut self.0) }
+        unsafe { ManuallyDrop::drop(&mut self.session) }
     }
 }
 

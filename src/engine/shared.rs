@@ -12,7 +12,7 @@ use std::ffi::c_char;
 use std::ptr::{self, NonNull};
 
 use ort::memory::Allocator;
-use ort::session::{IoBinding, Session};
+use ort::session::{IoBinding, RunOptions, Session};
 use ort::sys::{OrtStatusPtr, OrtValue};
 use ort::value::DynValue;
 use ort::AsPointer;
@@ -23,13 +23,16 @@ use crate::error::{Error, Result};
 /// ONNX Runtime because it was bound to a device, not to a tensor).
 pub(super) fn run_binding(
     session: &Session,
+    options: Option<&RunOptions>,
     binding: &IoBinding,
     output: &str,
 ) -> Result<DynValue> {
     let api = ort::api();
-    // SAFETY: both pointers come from live wrappers borrowed for the whole call; ONNX Runtime
-    // reads the binding and writes only into the buffers bound to it, which the caller owns.
-    check(unsafe { (api.RunWithBinding)(session.ptr().cast_mut(), ptr::null(), binding.ptr()) })?;
+    let options = options.map_or(ptr::null(), |o| o.ptr());
+    // SAFETY: the pointers come from live wrappers borrowed for the whole call (or null
+    // options: the defaults); ONNX Runtime reads the binding and the options and writes only
+    // into the buffers bound to it, which the caller owns.
+    check(unsafe { (api.RunWithBinding)(session.ptr().cast_mut(), options, binding.ptr()) })?;
     let allocator = session.allocator();
     let index = bound_output_index(binding, allocator, output)?;
     let mut values: *mut *mut OrtValue = ptr::null_mut();

@@ -51,7 +51,7 @@ fn load_checked(
     let path = folder.model_path();
     let built = build_session(runtime, folder, &path, config, CacheWrite::WithPrepacked)?;
     let report = built.report.clone();
-    let mut engine = OnnxDecoder::from_session(built.session, built.report, folder, &path)?;
+    let mut engine = OnnxDecoder::from_session(built.session, built.report, folder, &path, config)?;
     let Some(entry) = built.unverified else {
         return Ok(engine);
     };
@@ -65,7 +65,7 @@ fn load_checked(
     // heap back once the checked session stands.
     drop(engine);
     let checked = load_optimized(runtime, &entry.staged, config)
-        .and_then(|s| OnnxDecoder::from_session(s, report, folder, &path))
+        .and_then(|s| OnnxDecoder::from_session(s, report, folder, &path, config))
         .and_then(|mut e| probe(&mut e).map(|logits| (e, logits)));
     // A rejected entry's session is dropped here, before the rebuild below.
     let verified = match checked {
@@ -81,7 +81,7 @@ fn load_checked(
         None => {
             entry.cache.discard_staging(&entry.staged);
             let built = build_session(runtime, folder, &path, config, CacheWrite::GraphOnly)?;
-            OnnxDecoder::from_session(built.session, built.report, folder, &path)
+            OnnxDecoder::from_session(built.session, built.report, folder, &path, config)
         }
     }
 }
