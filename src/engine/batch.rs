@@ -316,7 +316,7 @@ impl BatchModel for OnnxDecoder {
         let rows_binding = batch.bindings[rows - 1].as_mut().expect("made above");
         let logits = run_bound(
             &self.session,
-            tokens.len(),
+            1, // a decode step for each row: never followed by a shrink
             &mut rows_binding.binding,
             &self.input_names,
             &step,

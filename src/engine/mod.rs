@@ -52,8 +52,9 @@ pub struct EngineConfig {
     /// Folder for optimized CPU graphs (see [`graph_cache`]); `None` optimizes on every start.
     pub graph_cache: Option<PathBuf>,
     /// Keep ONNX Runtime's CPU arena at its high-water mark between passes. By default a
-    /// pass that grew it (a long prompt, a verification pass) hands the new regions back as
-    /// it ends; that cost no measurable time here (README, "Peak RSS").
+    /// pass over 64 positions or more (a prompt) hands back the regions it grew as it ends:
+    /// a lower peak, but the next long prompt maps them again, which cost a server up to 20%
+    /// of its requests/s (README, "Peak RSS"); `aligner serve` and `batch` keep them.
     pub keep_arena: bool,
 }
 
