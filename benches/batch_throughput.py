@@ -2,15 +2,16 @@
 """`aligner batch` rows/s: continuous batching against the previous best (sessions per core,
 rows one by one), on the same rows and settings, in one run.
 
-The rows are the benchmark workload's 16 correction pairs, repeated, or the distinct pairs of
-`--pairs FILE` (e.g. reports/eval/rows.jsonl). Repeats flatter settings that run rows one
-after another: a repeated row drafts its whole output from its earlier twin (copy drafts also
-come from recent outputs). Every setting runs once
+The rows are the distinct pairs of `--pairs FILE`: by default the eval set's
+(reports/eval/rows.jsonl, which `make eval` writes), every pair once. Without that file they
+are the benchmark workload's 16 correction pairs, repeated to `--rows`, with a note: repeats
+flatter settings that run rows one after another, since a repeated row drafts its whole output
+from its earlier twin (copy drafts also come from recent outputs). Every setting runs once
 per round and the rounds interleave, so a slow stretch of a noisy machine hits all of them;
 each figure is the median over rounds. EOS is suppressed so that every row writes exactly
 `--new-tokens` tokens and the settings do the same work.
 
-    .venv/bin/python benches/batch_throughput.py --new-tokens 32 160 --rows 64
+    .venv/bin/python benches/batch_throughput.py --new-tokens 32 160
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "target" / "release" / "aligner"
 ENV = dict(os.environ, VIRTUAL_ENV=str(ROOT / ".venv"))
 WORKLOAD = ROOT / "benches" / "workloads" / "corrections.jsonl"
+EVAL_ROWS = ROOT / "reports" / "eval" / "rows.jsonl"
 
 # name -> extra flags. The baseline is what `aligner batch` did before batching: one session
 # per core, one thread each, copy drafts on.
@@ -50,7 +52,7 @@ SETTINGS = {
 BASELINE = "sessions-2x1-rows-1by1"
 
 
-def rows_file(tmp: Path, n: int, source: Path = WORKLOAD) -> Path:
+def distinct_pairs(source: Path) -> list[dict]:
     seen: set[tuple[str, str]] = set()
     pairs = []
     for line in source.read_text().splitlines():
@@ -60,8 +62,13 @@ def rows_file(tmp: Path, n: int, source: Path = WORKLOAD) -> Path:
             if key not in seen:
                 seen.add(key)
                 pairs.append(p)
+    return pairs
+
+
+def rows_file(tmp: Path, n: int, pairs: list[dict], source: Path) -> Path:
     if len(pairs) < n:
-        print(f"note: {source} has {len(pairs)} distinct pairs; {n} rows repeat them")
+        print(f"note: {source} has {len(pairs)} distinct pairs; {n} rows repeat them, and a "
+              "repeated row drafts its output from its earlier twin (see the docstring)")
     path = tmp / "rows.jsonl"
     with path.open("w") as f:
         for i in range(n):
@@ -87,9 +94,12 @@ def run(model: Path, rows: Path, out: Path, new_tokens: int, flags: list[str],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-aligner-int8")
-    ap.add_argument("--rows", type=int, default=64)
-    ap.add_argument("--pairs", type=Path, default=WORKLOAD,
-                    help="JSON lines with question and answer: the rows' distinct pairs")
+    ap.add_argument("--rows", type=int,
+                    help="rows per run (default: every distinct pair once, or 64 workload rows)")
+    ap.add_argument("--pairs", type=Path,
+                    help="JSON lines with question and answer: the rows' distinct pairs "
+                         "(default: reports/eval/rows.jsonl if `make eval` wrote it, else the "
+                         "benchmark workload)")
     ap.add_argument("--new-tokens", type=int, nargs="+", default=[32, 160])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -99,6 +109,11 @@ def main() -> None:
                          "and its baseline becomes the base of the ratios")
     ap.add_argument("--old-settings", nargs="+", default=[BASELINE], choices=list(SETTINGS))
     a = ap.parse_args()
+    if a.pairs is None:
+        a.pairs = EVAL_ROWS if EVAL_ROWS.is_file() else WORKLOAD
+    pairs = distinct_pairs(a.pairs)
+    if a.rows is None:
+        a.rows = 64 if a.pairs == WORKLOAD else len(pairs)
     if BASELINE not in a.settings:
         a.settings.insert(0, BASELINE)
     # name -> (flags, binary)
@@ -110,7 +125,7 @@ def main() -> None:
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        rows = rows_file(tmp, a.rows, a.pairs)
+        rows = rows_file(tmp, a.rows, pairs, a.pairs)
         for new_tokens in a.new_tokens:
             rates: dict[str, list[float]] = {s: [] for s in runs}
             tokens: dict[str, int] = {}

@@ -235,6 +235,7 @@ def print_report(r: dict) -> None:
 
 
 def main() -> None:
+    global BIN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct-int8")
     ap.add_argument("--genai-builder", type=Path, default=CACHE / "genai-builder-int8",
@@ -253,7 +254,11 @@ def main() -> None:
     ap.add_argument("--correction-runs", type=int, default=3)
     ap.add_argument("--no-corrections", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bin", type=Path, default=BIN,
+                    help="the aligner binary to measure (e.g. an older build, to tell a change "
+                         "from a slow day of the machine)")
     a = ap.parse_args()
+    BIN = a.bin
     if not a.genai_builder.is_dir():
         print(f"note: {a.genai_builder} is missing; skipping the onnxruntime-genai builder folder (benches/README.md)")
         a.genai_builder = None
