@@ -25,7 +25,7 @@ fn growth_over_a_long_pass_kb(options: &LoadOptions) -> u64 {
 
 /// One long prompt grows the arena of activations by doubling regions; by default they go
 /// back when the pass ends. Freed blocks must leave the process for that to show, as the
-/// binary arranges (see `a_start_hands_back...`), so this process sets the same policy.
+/// binary arranges (see tests/memory.rs), so this process sets the same policy.
 #[test]
 fn a_long_pass_hands_back_the_arena_regions_it_grew() {
     // SAFETY: mallopt only sets glibc's allocation policy.

@@ -20,7 +20,7 @@ use crate::runtime::{self as ort_runtime, OrtRuntime, PlacementLog};
 /// Passes over fewer positions (decode steps, verification passes of a draft) are not followed
 /// by a shrink: they come again within milliseconds and would map the same regions again (after
 /// every pass, one `aligner bench` run mapped hundreds of 4 and 8 MiB regions anew).
-pub(super) const SHRINK_FROM_TOKENS: usize = 64;
+const SHRINK_FROM_TOKENS: usize = 64;
 
 /// A session whose drop, which unmaps its model files, holds [`pages::lock_maps`] (a start
 /// releasing pages of those files must not meet a range that is being unmapped), and the
@@ -51,19 +51,18 @@ impl MappedSession {
 
     /// Options for a pass over `tokens` positions.
     pub fn run_options(&self, tokens: usize) -> Option<&RunOptions> {
-        self.run_options
-            .as_ref()
-            .filter(|_| tokens >= SHRINK_FROM_TOKENS)
+        options_for(&self.run_options, tokens)
     }
 
     /// The session to run mutably, and the options to run a pass over `tokens` with.
     pub fn parts_mut(&mut self, tokens: usize) -> (&mut Session, Option<&RunOptions>) {
-        let shrink = tokens >= SHRINK_FROM_TOKENS;
-        (
-            &mut self.session,
-            self.run_options.as_ref().filter(|_| shrink),
-        )
+        (&mut self.session, options_for(&self.run_options, tokens))
     }
+}
+
+/// A free function so that [`MappedSession::parts_mut`] can borrow the session mutably beside it.
+fn options_for(options: &Option<RunOptions>, tokens: usize) -> Option<&RunOptions> {
+    options.as_ref().filter(|_| tokens >= SHRINK_FROM_TOKENS)
 }
 
 impl Deref for MappedSession {
