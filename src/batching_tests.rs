@@ -368,15 +368,13 @@ fn sampled_and_short_drafts_stay_in_the_batch() {
     let mut m = model(128);
     let (results, _) = batched_drafting(&mut m, 3, &sampled, &sources);
     assert!(results.iter().all(|r| r.as_ref().unwrap().drafts.is_none()));
-    // Drafts shorter than MIN_DRAFT_ALONE never take a pass of their own.
+    // Drafts shorter than MIN_DRAFT_ALONE never take a pass of their own. A cap of c drafts
+    // at most c + c/2 tokens (a short tail joins a draft), so the cap is under two thirds.
+    let cap = MIN_DRAFT_ALONE * 2 / 3;
+    assert!(cap + cap / 2 < MIN_DRAFT_ALONE);
     let short: Vec<_> = jobs
         .iter()
-        .map(|(p, c)| {
-            (
-                p.clone(),
-                c.clone().with_max_draft_tokens(MIN_DRAFT_ALONE - 1),
-            )
-        })
+        .map(|(p, c)| (p.clone(), c.clone().with_max_draft_tokens(cap)))
         .collect();
     let mut m = model(128);
     let (results, _) = batched_drafting(&mut m, 3, &short, &sources);

@@ -70,11 +70,26 @@ impl CopyDrafter {
         self.pointer = start;
         match start {
             Some(p) if p < self.source.len() => {
-                let draft = &self.source[p..(p + n).min(self.source.len())];
-                let end = draft.iter().position(|&t| t == SOURCE_SEPARATOR);
-                &draft[..end.unwrap_or(draft.len())]
+                let rest = &self.source[p..];
+                let rest = &rest[..rest
+                    .iter()
+                    .position(|&t| t == SOURCE_SEPARATOR)
+                    .unwrap_or(rest.len())];
+                &rest[..self.take(rest.len(), n, limit)]
             }
             _ => &[],
+        }
+    }
+
+    /// How many of the `rest` tokens left in the pointer's source to draft, given the
+    /// adaptive length `n`. While every draft has been accepted, a short tail (up to half the
+    /// cap) joins the draft: a pass has a fixed cost of about one decode step besides its
+    /// rows, so a second pass for a few last tokens costs more than verifying them now.
+    fn take(&self, rest: usize, n: usize, limit: usize) -> usize {
+        if self.draft_len == self.max_draft && rest > n && rest - n <= self.max_draft / 2 {
+            rest.min(limit)
+        } else {
+            rest.min(n)
         }
     }
 
@@ -261,6 +276,30 @@ mod tests {
         assert_eq!(d.propose(&[1, 2], 16), &[3]);
         let mut empty = CopyDrafter::new(vec![], 4);
         assert!(empty.propose(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn a_short_tail_joins_a_draft_while_every_draft_is_accepted() {
+        // Cap 4: a tail of up to 2 tokens past the draft comes along.
+        let source: Vec<u32> = (1..=6).collect();
+        let mut d = CopyDrafter::new(source.clone(), 4);
+        assert_eq!(d.propose(&[], 8), &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            d.propose(&[], 5),
+            &[1, 2, 3, 4, 5],
+            "the limit still caps it"
+        );
+        // A tail of 3 is more than half the cap: it waits for the next pass.
+        let mut d = CopyDrafter::new((1..=7).collect(), 4);
+        assert_eq!(d.propose(&[], 8), &[1, 2, 3, 4]);
+        // The tail ends at its source's end, never past a separator into the history.
+        let mut d = CopyDrafter::new(vec![1, 2, 3, 4, 5, SOURCE_SEPARATOR, 9, 9, 9], 4);
+        assert_eq!(d.propose(&[], 8), &[1, 2, 3, 4, 5]);
+        // After a rejection the draft is short, and so is what it proposes.
+        let mut d = CopyDrafter::new(source, 4);
+        d.propose(&[], 2);
+        d.feedback(2, 1);
+        assert_eq!(d.propose(&[1, 2], 8), &[3, 4]);
     }
 
     #[test]
