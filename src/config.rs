@@ -30,8 +30,8 @@ pub struct GenerationConfig {
     /// Draft from the answer being corrected and verify drafts in one pass. Greedy output is
     /// the plain greedy output, up to near-ties that the multi-token pass's kernels can flip.
     pub copy_drafts: bool,
-    /// Length of the first draft and upper bound of the adaptive draft length. While every
-    /// draft has been accepted, the last few tokens of the copied text (the answer, or an
+    /// Length of the first draft and upper bound of the adaptive draft length. While the
+    /// length is at this cap, the last few tokens of the copied text (the answer, or an
     /// earlier output), up to half this length, join the draft: that saves the pass that
     /// would verify them alone.
     pub max_draft_tokens: usize,

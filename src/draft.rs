@@ -70,7 +70,10 @@ impl CopyDrafter {
         self.pointer = start;
         match start {
             Some(p) if p < self.source.len() => {
-                let rest = &self.source[p..];
+                // No further than the longest draft `take` can return, plus one token to tell
+                // whether the copied text ends there.
+                let window = (p + n + self.max_draft / 2 + 1).min(self.source.len());
+                let rest = &self.source[p..window];
                 let rest = &rest[..rest
                     .iter()
                     .position(|&t| t == SOURCE_SEPARATOR)
@@ -82,8 +85,8 @@ impl CopyDrafter {
     }
 
     /// How many of the `rest` tokens left in the pointer's source to draft, given the
-    /// adaptive length `n`. While every draft has been accepted, a short tail (up to half the
-    /// cap) joins the draft: a pass has a fixed cost of about one decode step besides its
+    /// adaptive length `n`. While the length is at its cap (the recent drafts were all
+    /// accepted), a short tail (up to half the cap) joins the draft: a pass has a fixed cost of about one decode step besides its
     /// rows, so a second pass for a few last tokens costs more than verifying them now.
     fn take(&self, rest: usize, n: usize, limit: usize) -> usize {
         if self.draft_len == self.max_draft && rest > n && rest - n <= self.max_draft / 2 {

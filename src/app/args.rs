@@ -189,8 +189,8 @@ pub struct GenArgs {
     /// kernel near-ties).
     #[arg(long)]
     pub no_draft: bool,
-    /// Length of the first copy draft and cap of the adaptive length; while every draft is
-    /// accepted, the answer's last tokens, up to half of it more, join a draft [default: 32].
+    /// Length of the first copy draft and cap of the adaptive length; while drafts are at the
+    /// cap, the answer's last tokens, up to half of it more, join a draft [default: 32].
     #[arg(long, value_name = "N")]
     pub max_draft_tokens: Option<usize>,
     /// Verify the first copy draft in the prompt's own pass: one pass fewer where the
