@@ -85,9 +85,10 @@ impl CopyDrafter {
     }
 
     /// How many of the `rest` tokens left in the pointer's source to draft, given the
-    /// adaptive length `n`. While the length is at its cap (the recent drafts were all
-    /// accepted), a short tail (up to half the cap) joins the draft: a pass has a fixed cost of about one decode step besides its
-    /// rows, so a second pass for a few last tokens costs more than verifying them now.
+    /// adaptive length `n`. While the length is at its cap (the first draft, and again once
+    /// drafts after a rejection were all accepted), a short tail (up to half the cap) joins
+    /// the draft: a pass has a fixed cost of about one decode step besides its rows, so a
+    /// second pass for a few last tokens costs more than verifying them now.
     fn take(&self, rest: usize, n: usize, limit: usize) -> usize {
         if self.draft_len == self.max_draft && rest > n && rest - n <= self.max_draft / 2 {
             rest.min(limit)
@@ -282,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_tail_joins_a_draft_while_every_draft_is_accepted() {
+    fn a_short_tail_joins_a_draft_while_the_length_is_at_its_cap() {
         // Cap 4: a tail of up to 2 tokens past the draft comes along.
         let source: Vec<u32> = (1..=6).collect();
         let mut d = CopyDrafter::new(source.clone(), 4);
