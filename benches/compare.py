@@ -170,6 +170,7 @@ def corrections_section(a: argparse.Namespace, tmp: Path) -> dict:
             row[key] = med([r[key] for r in per_round])
         for key in ("identical", "reuse_outputs_identical"):
             row[key] = all(r[key] for r in per_round)
+        row["draft_tokens_max"] = max(r["draft_tokens_max"] for r in per_round)
         times = genai[item["id"]]
         row |= {"genai_ms": med(times["plain"]), "genai_ngram_ms": med(times["ngram"]),
                 "genai_tokens": genai_correct_ms(m, item["prompt_ids"], a.correction_tokens, eos, False)[1]}
@@ -215,14 +216,16 @@ def print_report(r: dict) -> None:
     if not c:
         return
     print(f"\ncorrections (greedy, up to {r['correction_tokens']} tokens; ms are medians)")
-    print(f"{'pair':18} {'kind':>7} {'tok':>4} {'copy':>5} {'plain':>8} {'drafts':>8} {'same':>5} "
+    print(f"{'pair':18} {'kind':>7} {'tok':>4} {'d-tok':>5} {'copy':>5} {'plain':>8} {'drafts':>8} {'same':>5} "
           f"{'plain-r':>8} {'drafts-r':>8} {'genai':>8} {'g-ngram':>8} {'g-tok':>5}")
     for row in c["rows"]:
-        print(f"{row['id']:18} {row['kind']:>7} {row['output_tokens']:4d} {row['copy_fraction'] * 100:4.0f}% "
+        print(f"{row['id']:18} {row['kind']:>7} {row['output_tokens']:4d} {row['draft_tokens_max']:5d} "
+              f"{row['copy_fraction'] * 100:4.0f}% "
               f"{row['plain_ms']:8.1f} {row['draft_ms']:8.1f} {row['identical']!s:>5} {row['plain_reuse_ms']:8.1f} "
               f"{row['draft_reuse_ms']:8.1f} {row['genai_ms']:8.1f} {row['genai_ngram_ms']:8.1f} "
               f"{row['genai_tokens']:5d}")
-    print("(-r: prefix reuse on, the cache holding the previous pair's prompt, as serve and batch run)")
+    print("(d-tok: the longest drafted output over the runs; same: drafted equal to plain in every run; "
+          "-r: prefix reuse on, the cache holding the previous pair's prompt, as serve and batch run)")
     s = c["summary"]
     print(f"copy-heavy pairs (copy >= {COPY_HEAVY:.0%}): {s['copy_heavy_pairs']} of {s['pairs']}")
     for key in ("draft_over_plain", "draft_over_genai_ngram", "draft_reuse_over_genai_ngram",

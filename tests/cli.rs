@@ -294,6 +294,15 @@ fn bench_reports_median_min_max() {
                 == item["prompt_tokens"].as_u64().unwrap() as usize
         );
         assert!(item["identical"].is_boolean() && item["plain_ms"].as_f64().unwrap() > 0.0);
+        // Equal in every run means every drafted output had the plain output's length.
+        if item["identical"] == true {
+            assert_eq!(item["draft_tokens_max"], item["output_tokens"], "{item}");
+        } else {
+            assert!(
+                item["draft_tokens_max"].as_u64().is_some_and(|n| n > 0),
+                "{item}"
+            );
+        }
         // The same pairs as serve runs them, with the template prefix from the cache.
         for key in ["plain_reuse_ms", "draft_reuse_ms"] {
             assert!(item[key].as_f64().is_some_and(|t| t > 0.0), "{key}: {item}");

@@ -71,8 +71,13 @@ pub struct ItemReport {
     pub passes: usize,
     pub proposed: usize,
     pub accepted: usize,
-    /// Drafted output equals plain greedy output token for token (it must).
+    /// Drafted output equaled plain greedy output token for token in every run, warm-up
+    /// included. It can differ in a later run only: drafts also come from recent outputs, so
+    /// they (and the verification passes' shapes, hence kernel near-ties) change run by run.
     pub identical: bool,
+    /// The longest drafted output over the runs: above `output_tokens` where a flipped
+    /// near-tie led into longer text, which `draft_ms` then includes.
+    pub draft_tokens_max: usize,
     /// For feeding other runtimes the same work (benches/compare.py).
     pub prompt_ids: Vec<u32>,
     /// Time to first token with the KV cache of the prefix this prompt shares with the
@@ -205,6 +210,8 @@ pub fn run(
         items: Vec::new(),
     };
     let mut outputs = Vec::new();
+    // Per pair, over every run: drafted equal to plain, and the longest drafted output.
+    let mut agree = vec![(true, 0); items.len()];
     for run in 0..warmup + runs {
         let (mut draft_total, mut plain_total) = (0.0, 0.0);
         for (i, item) in items.iter().enumerate() {
@@ -218,6 +225,8 @@ pub fn run(
                 let d = correct(&base)?;
                 (correct(&plain_config)?, d)
             };
+            agree[i].0 &= plain.tokens == drafted.tokens;
+            agree[i].1 = agree[i].1.max(drafted.tokens.len());
             if run >= warmup {
                 times[i].0.push(plain.timings.total_ms);
                 times[i].1.push(drafted.timings.total_ms);
@@ -246,11 +255,15 @@ pub fn run(
         runs,
         &plain,
     )?;
-    for (((item, (plain, drafted)), (plain_ms, draft_ms)), (ttft, (pr, dr))) in
-        items.iter().zip(outputs).zip(times).zip(
+    for ((((item, (plain, drafted)), (plain_ms, draft_ms)), (ttft, (pr, dr))), agree) in items
+        .iter()
+        .zip(outputs)
+        .zip(times)
+        .zip(
             ttft.into_iter()
                 .zip(plain_reuse.into_iter().zip(draft_reuse)),
         )
+        .zip(agree)
     {
         let (prompt_ids, answer_ids) =
             aligner.correction_ids(template, &item.question, &item.answer)?;
@@ -268,7 +281,8 @@ pub fn run(
             passes: stats.passes,
             proposed: stats.proposed,
             accepted: stats.accepted,
-            identical: plain.tokens == drafted.tokens,
+            identical: agree.0,
+            draft_tokens_max: agree.1,
             prompt_ids,
             ttft_reuse_ms: ttft.0,
             ttft_full_ms: ttft.1,
@@ -337,6 +351,7 @@ mod tests {
             proposed: 0,
             accepted: 0,
             identical: true,
+            draft_tokens_max: 0,
             prompt_ids: vec![],
             ttft_reuse_ms: 0.0,
             ttft_full_ms: 0.0,

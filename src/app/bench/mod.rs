@@ -248,13 +248,13 @@ fn print_summary(out: &Map<String, Value>) {
         return;
     };
     println!(
-        "\n{:<18} {:>7} {:>6} {:>6} {:>9} {:>9} {:>6} {:>9}",
-        "workload", "kind", "tokens", "copy", "plain ms", "draft ms", "ratio", "accepted"
+        "\n{:<18} {:>7} {:>6} {:>6} {:>9} {:>9} {:>6} {:>9} {:>5}",
+        "workload", "kind", "tokens", "copy", "plain ms", "draft ms", "ratio", "accepted", "same"
     );
     for item in items {
         let f = |k: &str| item[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:<18} {:>7} {:>6} {:>5.0}% {:>9.1} {:>9.1} {:>5.2}x {:>4}/{:<4}",
+            "{:<18} {:>7} {:>6} {:>5.0}% {:>9.1} {:>9.1} {:>5.2}x {:>4}/{:<4} {:>5}",
             item["id"].as_str().unwrap_or(""),
             item["kind"].as_str().unwrap_or(""),
             f("output_tokens"),
@@ -264,6 +264,11 @@ fn print_summary(out: &Map<String, Value>) {
             f("ratio"),
             f("accepted"),
             f("proposed"),
+            // Drafted equal to plain in every run; else the longest drafted output's length.
+            match item["identical"].as_bool() {
+                Some(true) => "yes".to_string(),
+                _ => format!("{}t", f("draft_tokens_max")),
+            },
         );
     }
     match out
