@@ -72,8 +72,9 @@ pub struct ItemReport {
     pub proposed: usize,
     pub accepted: usize,
     /// Drafted output equaled plain greedy output token for token in every run, warm-up
-    /// included. It can differ in a later run only: drafts also come from recent outputs, so
-    /// they (and the verification passes' shapes, hence kernel near-ties) change run by run.
+    /// included. A later run can differ where the first matched: drafts also come from recent
+    /// outputs, so they (and the verification passes' shapes, hence kernel near-ties) change
+    /// run by run.
     pub identical: bool,
     /// The longest drafted output over the runs: above `output_tokens` where a flipped
     /// near-tie led into longer text, which `draft_ms` then includes.
