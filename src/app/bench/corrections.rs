@@ -68,6 +68,8 @@ pub struct ItemReport {
     pub draft_ms: f64,
     /// draft_ms / plain_ms.
     pub ratio: f64,
+    /// The drafts of the measured run whose drafted time is the median (the lower middle for
+    /// an even count), so they describe the run `draft_ms` reports rather than the first.
     pub passes: usize,
     pub proposed: usize,
     pub accepted: usize,
@@ -204,7 +206,8 @@ pub fn run(
         .with_max_new_tokens(max_new_tokens)
         .with_reuse_prefix(false);
     let plain_config = base.clone().with_copy_drafts(false);
-    let mut times = vec![(Vec::new(), Vec::new()); items.len()];
+    // Per pair and measured run: plain time, drafted time, and the drafts' stats.
+    let mut times = vec![(Vec::new(), Vec::new(), Vec::new()); items.len()];
     let mut report = CorrectionReport {
         draft_total_ms: Vec::new(),
         plain_total_ms: Vec::new(),
@@ -231,6 +234,7 @@ pub fn run(
             if run >= warmup {
                 times[i].0.push(plain.timings.total_ms);
                 times[i].1.push(drafted.timings.total_ms);
+                times[i].2.push(drafted.drafts.unwrap_or_default());
                 plain_total += plain.timings.total_ms;
                 draft_total += drafted.timings.total_ms;
             }
@@ -256,7 +260,7 @@ pub fn run(
         runs,
         &plain,
     )?;
-    for ((((item, (plain, drafted)), (plain_ms, draft_ms)), (ttft, (pr, dr))), agree) in items
+    for ((((item, (plain, _)), (plain_ms, draft_ms, drafts)), (ttft, (pr, dr))), agree) in items
         .iter()
         .zip(outputs)
         .zip(times)
@@ -268,7 +272,7 @@ pub fn run(
     {
         let (prompt_ids, answer_ids) =
             aligner.correction_ids(template, &item.question, &item.answer)?;
-        let stats = drafted.drafts.unwrap_or_default();
+        let stats = drafts[median_index(&draft_ms)];
         let (plain_ms, draft_ms) = (median(plain_ms), median(draft_ms));
         report.items.push(ItemReport {
             id: item.id.clone().unwrap_or_default(),
@@ -299,6 +303,17 @@ pub fn run(
 
 fn median(mut values: Vec<f64>) -> f64 {
     super::stats::stats(&mut values).0
+}
+
+/// The index of the median value (the lower middle for an even count; 0 when empty, which
+/// `run` never passes: it measures at least one run).
+fn median_index(values: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    order
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Summed draft time over summed plain time for the pairs at or above `min_copy`, with how
@@ -362,6 +377,13 @@ mod tests {
             draft_reuse_ms: 0.0,
             reuse_outputs_identical: true,
         }
+    }
+
+    #[test]
+    fn median_index_points_at_the_middle_run() {
+        assert_eq!(median_index(&[30.0, 10.0, 20.0]), 2);
+        assert_eq!(median_index(&[40.0, 10.0, 30.0, 20.0]), 3);
+        assert_eq!(median_index(&[5.0]), 0);
     }
 
     #[test]
