@@ -272,7 +272,10 @@ pub fn run(
     {
         let (prompt_ids, answer_ids) =
             aligner.correction_ids(template, &item.question, &item.answer)?;
-        let stats = drafts[median_index(&draft_ms)];
+        let stats = drafts
+            .get(median_index(&draft_ms))
+            .copied()
+            .unwrap_or_default();
         let (plain_ms, draft_ms) = (median(plain_ms), median(draft_ms));
         report.items.push(ItemReport {
             id: item.id.clone().unwrap_or_default(),
@@ -305,8 +308,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     super::stats::stats(&mut values).0
 }
 
-/// The index of the median value (the lower middle for an even count; 0 when empty, which
-/// `run` never passes: it measures at least one run).
+/// The index of the median value (the lower middle for an even count; 0 when empty).
 fn median_index(values: &[f64]) -> usize {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
