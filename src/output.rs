@@ -47,6 +47,9 @@ pub struct DraftStats {
     pub passes: usize,
     pub proposed: usize,
     pub accepted: usize,
+    /// The most drafted tokens one pass verified: its logits were that many rows plus one,
+    /// which is what a pass's memory grows with.
+    pub longest_draft: usize,
 }
 
 /// The result of one generation.

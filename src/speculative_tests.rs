@@ -67,6 +67,9 @@ fn accept_all_when_the_answer_is_the_output() {
     assert_eq!(streamed, p.text);
     assert!(stats.passes < 8, "{stats:?}");
     assert_eq!(stats.accepted, stats.proposed);
+    // The widest pass's rows are its drafted tokens plus the one chosen after them.
+    let widest = m.calls.iter().map(|&(_, n)| n).max().unwrap();
+    assert_eq!(stats.longest_draft + 1, widest, "{stats:?} {:?}", m.calls);
     assert_cache_never_holds_rejected_tokens(&m, &[0], &d.tokens);
 }
 
@@ -83,6 +86,10 @@ fn rollback_leaves_the_cache_a_run_without_drafts_had() {
         stats.accepted > 0 && stats.accepted < stats.proposed,
         "{stats:?}"
     );
+    // The first, widest draft was cut short; later passes drafted less.
+    let widest = m.calls.iter().map(|&(_, n)| n).max().unwrap();
+    assert_eq!(stats.longest_draft + 1, widest, "{stats:?} {:?}", m.calls);
+    assert!(m.calls.last().unwrap().1 < widest, "{:?}", m.calls);
     // Every cache a drafted pass started from is, token for token, the cache the plain
     // run had at that length.
     for state in &m.states {
@@ -315,7 +322,15 @@ fn a_sequence_can_end_inside_its_prompt_pass() {
     assert_eq!(d.finish_reason, FinishReason::Length);
     // Drafts are capped by the budget less the token chosen after them.
     assert_eq!(m.calls, vec![(0, 1 + 4)]);
-    assert_eq!((stats.passes, stats.proposed, stats.accepted), (1, 4, 4));
+    assert_eq!(
+        (
+            stats.passes,
+            stats.proposed,
+            stats.accepted,
+            stats.longest_draft
+        ),
+        (1, 4, 4, 4)
+    );
     // EOS inside the first draft ends it too.
     let cfg = cfg.with_max_new_tokens(20);
     let (p, _) = plain(&script, 64, &[0], &cfg, &[3]);

@@ -83,6 +83,7 @@ impl Drafting {
         let rows = model.forward_last(&self.feed, plan, drafted + 1)?;
         self.stats.passes += 1;
         self.stats.proposed += drafted;
+        self.stats.longest_draft = self.stats.longest_draft.max(drafted);
         let mut accepted = 0;
         let mut next = 0;
         for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {

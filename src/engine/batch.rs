@@ -25,7 +25,7 @@ use ort::sys::OrtValue;
 use ort::value::{DynTensor, TensorElementType};
 use ort::AsPointer;
 
-use super::{run_bound, shared, KvStorage, OnnxDecoder};
+use super::{shared, KvStorage, OnnxDecoder};
 use crate::error::{Error, Result};
 use crate::model::BatchModel;
 
@@ -303,7 +303,7 @@ impl BatchModel for OnnxDecoder {
                 context_length: batch.positions,
             });
         }
-        let step = self.step_inputs(tokens, past, 1)?;
+        let values = self.step_inputs(tokens, past, 1)?;
         if self
             .batch
             .as_ref()
@@ -314,12 +314,15 @@ impl BatchModel for OnnxDecoder {
         }
         let batch = self.batch.as_mut().expect("checked above");
         let rows_binding = batch.bindings[rows - 1].as_mut().expect("made above");
-        let logits = run_bound(
+        let step = shared::Step {
+            names: &self.input_names,
+            values: &values,
+            tokens: 1, // a decode step for each row: never followed by a shrink
+        };
+        let logits = shared::run_bound(
             &self.session,
-            1, // a decode step for each row: never followed by a shrink
             &mut rows_binding.binding,
-            &self.input_names,
-            &step,
+            step,
             &self.logits_name,
             &self.cpu_output,
         )?;

@@ -115,6 +115,8 @@ pub struct OnnxDecoder {
     /// Logits of the last `logit_rows` positions of the latest step, row by row.
     logits: Vec<f32>,
     logit_rows: usize,
+    /// Single-sequence passes bind `logits` as their output (see [`shared::run_bound_into`]).
+    logits_in_place: bool,
     /// Session input names, in session order (bound by name every step).
     input_names: Vec<String>,
     /// Where ONNX Runtime allocates the logits of a bound run (pinned host memory on a GPU).
@@ -158,6 +160,16 @@ impl OnnxDecoder {
         } else {
             KvStorage::Chained(Vec::new())
         };
+        // A pass's logits shape is known ahead only when the graph takes `logits_to_keep`;
+        // GPU sessions keep pinned-memory outputs (this path has not run on hardware).
+        let logits_f32 = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == d.outputs.logits)
+            .and_then(|o| io::tensor_type(o.dtype()))
+            == Some(TensorElementType::Float32);
+        let logits_in_place =
+            logits_f32 && roles.contains(&InputRole::LogitsToKeep) && !report.provider.is_gpu();
         // Only the CPU arena is shrunk, and only on the CPU provider: GPU sessions keep
         // ONNX Runtime's defaults (untested on hardware with this option).
         let shrink = !config.keep_arena && !report.provider.is_gpu();
@@ -176,6 +188,7 @@ impl OnnxDecoder {
             context_length: folder.genai.model.context_length,
             logits: vec![0.0; vocab_size],
             logit_rows: 1,
+            logits_in_place,
             input_names,
             cpu_output: MemoryInfo::new(
                 AllocationDevice::CPU,
@@ -214,6 +227,7 @@ impl OnnxDecoder {
             context_length: self.context_length,
             logits: vec![0.0; self.vocab_size],
             logit_rows: 1,
+            logits_in_place: self.logits_in_place,
             input_names: self.input_names.clone(),
             cpu_output: self.cpu_output.clone(),
             kv_allocator: None,
@@ -302,7 +316,12 @@ impl OnnxDecoder {
 
     fn forward_shared(&mut self, tokens: &[u32], plan: StepPlan) -> Result<()> {
         self.ensure_shared_capacity(plan.total_len())?;
-        let step = self.step_inputs(tokens, &[plan.past_len], self.logit_rows)?;
+        let values = self.step_inputs(tokens, &[plan.past_len], self.logit_rows)?;
+        let step = shared::Step {
+            names: &self.input_names,
+            values: &values,
+            tokens: tokens.len(),
+        };
         let KvStorage::Shared {
             binding: Some(binding),
             ..
@@ -310,12 +329,24 @@ impl OnnxDecoder {
         else {
             return Err(Error::Inference("shared KV cache is not bound".into()));
         };
-        let logits = run_bound(
+        if self.logits_in_place {
+            let want = self.logit_rows * self.vocab_size;
+            if self.logits.len() < want {
+                self.logits.resize(want, 0.0);
+            }
+            return shared::run_bound_into(
+                &self.session,
+                binding,
+                step,
+                &self.logits_name,
+                (&mut self.logits[..want], self.logit_rows),
+                &self.cpu_output,
+            );
+        }
+        let logits = shared::run_bound(
             &self.session,
-            tokens.len(),
             binding,
-            &self.input_names,
-            &step,
+            step,
             &self.logits_name,
             &self.cpu_output,
         )?;
@@ -373,29 +404,6 @@ impl OnnxDecoder {
             KvStorage::Chained(_) => self.forward_chained(tokens, plan),
         }
     }
-}
-
-/// Binds this step's inputs next to the KV buffers already in `binding`, runs it, and returns
-/// the logits. ONNX Runtime allocates them each run (in `cpu_output`): their shape changes
-/// between passes, and a bound output would be reused as a fixed tensor.
-fn run_bound(
-    session: &session::MappedSession,
-    tokens: usize,
-    binding: &mut IoBinding,
-    input_names: &[String],
-    step: &[(usize, DynValue)],
-    logits_name: &str,
-    cpu_output: &MemoryInfo<'static>,
-) -> Result<DynValue> {
-    for (index, value) in step {
-        binding
-            .bind_input(input_names[*index].as_str(), value)
-            .map_err(Error::ort_run)?;
-    }
-    binding
-        .bind_output_to_device(logits_name, cpu_output)
-        .map_err(Error::ort_run)?;
-    shared::run_binding(session, session.run_options(tokens), binding, logits_name)
 }
 
 impl DecoderModel for OnnxDecoder {

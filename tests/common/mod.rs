@@ -35,6 +35,11 @@ pub fn rss_kb(pid: u32) -> u64 {
     proc_kb(pid, "status", "VmRSS:")
 }
 
+/// Peak resident memory of process `pid` (`VmHWM`), in kB.
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    proc_kb(pid, "status", "VmHWM:")
+}
+
 /// Anonymous (heap, not file-backed) memory of process `pid`, in kB.
 pub fn anonymous_kb(pid: u32) -> u64 {
     proc_kb(pid, "smaps_rollup", "Anonymous:")
