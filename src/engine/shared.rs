@@ -41,8 +41,8 @@ impl Step<'_> {
 }
 
 /// Binds `step`, runs it and returns the logits, which ONNX Runtime allocates each run (in
-/// `cpu_output`): their shape changes between passes, and a bound output would be reused as a
-/// fixed tensor.
+/// `cpu_output`): for passes whose logits shape is not known ahead, or that leave the CPU
+/// (see [`run_bound_into`] for the rest).
 pub(super) fn run_bound(
     session: &MappedSession,
     binding: &mut IoBinding,
@@ -64,7 +64,7 @@ pub(super) fn run_bound(
 
 /// Binds `step` and runs it with its logits written straight into `out` (`rows` rows of the
 /// vocabulary, the shape `logits_to_keep` asks for). A verification pass of a 48-token draft
-/// returns 9.4 MB of logits on the default model: bound here they take no arena buffer and no
+/// returns 9.6 MB of logits on the default model: bound here they take no arena buffer and no
 /// copy. Afterwards the output is bound to `cpu_output` again, so the binding never keeps a
 /// pointer into `out`.
 pub(super) fn run_bound_into(
@@ -131,11 +131,7 @@ fn run_binding(
 }
 
 /// Runs `binding` on `session`, its outputs written where they are bound.
-pub(super) fn run(
-    session: &Session,
-    options: Option<&RunOptions>,
-    binding: &IoBinding,
-) -> Result<()> {
+fn run(session: &Session, options: Option<&RunOptions>, binding: &IoBinding) -> Result<()> {
     let options = options.map_or(ptr::null(), |o| o.ptr());
     // SAFETY: the pointers come from live wrappers borrowed for the whole call (or null
     // options: the defaults); ONNX Runtime reads the binding and the options and writes only
@@ -146,7 +142,7 @@ pub(super) fn run(
 /// Binds `output` to `value`, a tensor over memory the caller owns (`ort`'s `bind_output`
 /// takes only tensors it allocated). ONNX Runtime keeps its own reference to the tensor, not
 /// to the memory: the caller must bind the output elsewhere before that memory goes.
-pub(super) fn bind_output_view(
+fn bind_output_view(
     binding: &mut IoBinding,
     output: &str,
     value: &TensorRefMut<'_, f32>,
