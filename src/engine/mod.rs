@@ -7,7 +7,8 @@
 //! Two cache strategies, chosen by `past_present_share_buffer` in genai_config.json:
 //! - shared: one preallocated `[1, kv_heads, capacity, head]` buffer per layer is bound (with
 //!   IoBinding) as both past input and present output, so GroupQueryAttention writes new
-//!   positions in place and nothing is copied or reallocated per token;
+//!   positions in place and nothing is copied or reallocated per token; on the CPU the
+//!   decoder's logits buffer is bound as the output too (see `shared::run_bound_into`);
 //! - chained: each step's present tensors become the next step's past (any attention op).
 //!
 //! On CUDA and TensorRT the shared buffers are allocated on the device, so the cache never
