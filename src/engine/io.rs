@@ -224,13 +224,17 @@ impl OnnxDecoder {
     }
 }
 
-/// The present (cache output) names, key then value per layer, after checking that the graph
-/// has them and that its logits are as wide as the manifest's vocabulary.
-pub(super) fn present_names(
-    session: &Session,
-    folder: &ModelFolder,
-    path: &Path,
-) -> Result<Vec<String>> {
+/// The graph's outputs the decoder binds.
+pub(super) struct Outputs {
+    /// The present (cache output) names, key then value per layer.
+    pub(super) present_names: Vec<String>,
+    /// The logits' element type, when the graph declares a tensor type for them.
+    pub(super) logits_type: Option<TensorElementType>,
+}
+
+/// The graph's outputs, after checking that the graph has every present output and the
+/// logits, and that its logits are as wide as the manifest's vocabulary.
+pub(super) fn outputs(session: &Session, folder: &ModelFolder, path: &Path) -> Result<Outputs> {
     let d = &folder.genai.model.decoder;
     let outputs = &d.outputs;
     let mut present_names = Vec::with_capacity(2 * d.num_hidden_layers);
@@ -239,11 +243,12 @@ pub(super) fn present_names(
         present_names.push(layer_name(&outputs.present_value_names, i));
     }
     let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-    // The manifest's vocabulary sizes every logits buffer: it must be the graph's.
-    let graph_vocab = session
+    let logits = session
         .outputs()
         .iter()
-        .find(|o| o.name() == outputs.logits)
+        .find(|o| o.name() == outputs.logits);
+    // The manifest's vocabulary sizes every logits buffer: it must be the graph's.
+    let graph_vocab = logits
         .and_then(|o| match o.dtype() {
             ValueType::Tensor { shape, .. } => shape.last().copied(),
             _ => None,
@@ -268,7 +273,10 @@ pub(super) fn present_names(
             ));
         }
     }
-    Ok(present_names)
+    Ok(Outputs {
+        present_names,
+        logits_type: logits.and_then(|o| tensor_type(o.dtype())),
+    })
 }
 
 /// Whether ONNX Runtime's CUDA GroupQueryAttention takes a cache of `kv_dtype`: it is

@@ -154,7 +154,10 @@ impl OnnxDecoder {
             },
             kv_dtype,
         ) = io::input_roles(&session, folder, path, report.provider)?;
-        let present_names = io::present_names(&session, folder, path)?;
+        let io::Outputs {
+            present_names,
+            logits_type,
+        } = io::outputs(&session, folder, path)?;
         let vocab_size = folder.genai.model.vocab_size;
         let kv = if folder.genai.search.past_present_share_buffer {
             KvStorage::unbound()
@@ -163,14 +166,9 @@ impl OnnxDecoder {
         };
         // A pass's logits shape is known ahead only when the graph takes `logits_to_keep`;
         // GPU sessions keep pinned-memory outputs (this path has not run on hardware).
-        let logits_f32 = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == d.outputs.logits)
-            .and_then(|o| io::tensor_type(o.dtype()))
-            == Some(TensorElementType::Float32);
-        let logits_in_place =
-            logits_f32 && roles.contains(&InputRole::LogitsToKeep) && !report.provider.is_gpu();
+        let logits_in_place = logits_type == Some(TensorElementType::Float32)
+            && roles.contains(&InputRole::LogitsToKeep)
+            && !report.provider.is_gpu();
         // Only the CPU arena is shrunk, and only on the CPU provider: GPU sessions keep
         // ONNX Runtime's defaults (untested on hardware with this option).
         let shrink = !config.keep_arena && !report.provider.is_gpu();
